@@ -1,0 +1,115 @@
+"""Every config key JoinDet adds to Detectron2's defaults, in one place.
+
+``add_joindet_config(cfg)`` adds the keys (each with a one-line comment); ``validate_config(cfg)``
+checks their ranges at start-up; ``resolve_epochs(cfg, num_images)`` is the single place where
+epoch-based schedules become iteration counts (after all overrides are merged).
+"""
+import math
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_joindet_config", "validate_config", "resolve_epochs"]
+
+
+def add_joindet_config(cfg):
+    """Add JoinDet's keys to a Detectron2 ``CfgNode`` (in place)."""
+    _C = cfg
+
+    # ---------------------------------------------------------------- Deformable DETR
+    _C.MODEL.DEFORMABLE_DETR = CN()
+    _C.MODEL.DEFORMABLE_DETR.NUM_CLASSES = 80  # classes of the classification head (no background)
+    _C.MODEL.DEFORMABLE_DETR.IN_FEATURES = ["res3", "res4", "res5"]  # backbone levels fed to the transformer
+    _C.MODEL.DEFORMABLE_DETR.NUM_FEATURE_LEVELS = 4  # levels used; extra ones beyond IN_FEATURES are stride-2 convs
+    _C.MODEL.DEFORMABLE_DETR.HIDDEN_DIM = 256  # transformer width d
+    _C.MODEL.DEFORMABLE_DETR.NHEADS = 8  # attention heads
+    _C.MODEL.DEFORMABLE_DETR.ENC_LAYERS = 6  # encoder layers
+    _C.MODEL.DEFORMABLE_DETR.DEC_LAYERS = 6  # decoder layers
+    _C.MODEL.DEFORMABLE_DETR.DIM_FEEDFORWARD = 1024  # FFN hidden width
+    _C.MODEL.DEFORMABLE_DETR.DROPOUT = 0.1  # dropout in the transformer
+    _C.MODEL.DEFORMABLE_DETR.ENC_N_POINTS = 4  # sampling points per head and level in the encoder
+    _C.MODEL.DEFORMABLE_DETR.DEC_N_POINTS = 4  # sampling points per head and level in the decoder
+    _C.MODEL.DEFORMABLE_DETR.NUM_QUERIES = 300  # object queries
+    _C.MODEL.DEFORMABLE_DETR.WITH_BOX_REFINE = False  # iterative bounding-box refinement
+    _C.MODEL.DEFORMABLE_DETR.TWO_STAGE = False  # two-stage variant (encoder proposals as queries)
+    _C.MODEL.DEFORMABLE_DETR.DEEP_SUPERVISION = True  # auxiliary losses on every decoder layer
+    _C.MODEL.DEFORMABLE_DETR.CLASS_WEIGHT = 2.0  # weight of the focal classification loss
+    _C.MODEL.DEFORMABLE_DETR.L1_WEIGHT = 5.0  # weight of the L1 box loss
+    _C.MODEL.DEFORMABLE_DETR.GIOU_WEIGHT = 2.0  # weight of the GIoU box loss
+    _C.MODEL.DEFORMABLE_DETR.COST_CLASS = 2.0  # matching cost of the class term
+    _C.MODEL.DEFORMABLE_DETR.COST_BBOX = 5.0  # matching cost of the L1 term
+    _C.MODEL.DEFORMABLE_DETR.COST_GIOU = 2.0  # matching cost of the GIoU term
+    _C.MODEL.DEFORMABLE_DETR.FOCAL_ALPHA = 0.25  # sigmoid focal loss alpha
+    _C.MODEL.DEFORMABLE_DETR.FOCAL_GAMMA = 2.0  # sigmoid focal loss gamma
+    _C.MODEL.DEFORMABLE_DETR.NUM_DETECTIONS = 100  # detections kept per image at inference
+    _C.MODEL.DEFORMABLE_DETR.SIZE_DIVISIBILITY = 32  # pad batched images to a multiple of this
+
+    # ---------------------------------------------------------------- solver
+    _C.SOLVER.OPTIMIZER = "ADAMW"  # ADAMW or SGD
+    _C.SOLVER.BACKBONE_MULTIPLIER = 0.1  # lr factor of the backbone (when it trains)
+    _C.SOLVER.LINEAR_PROJ_MULTIPLIER = 0.1  # lr factor of sampling offsets and reference points
+    _C.SOLVER.EPOCHS = 0.0  # > 0: MAX_ITER = EPOCHS epochs of the training set (see resolve_epochs)
+    _C.SOLVER.STEP_EPOCHS = ()  # with EPOCHS > 0: lr drops at these epochs (replace SOLVER.STEPS)
+
+    # ---------------------------------------------------------------- built-in synthetic data
+    _C.DATASETS.SYNTHETIC = CN()
+    _C.DATASETS.SYNTHETIC.ROOT = ""  # cache folder; "" = $JOINDET_CACHE/synthetic or ~/.cache/joindet/synthetic
+    _C.DATASETS.SYNTHETIC.NUM_TRAIN = 400  # images in synth_train (and synth_train_unlabeled)
+    _C.DATASETS.SYNTHETIC.NUM_VAL = 100  # images in synth_val
+    _C.DATASETS.SYNTHETIC.IMAGE_SIZE = 256  # side of the square synthetic images
+    _C.DATASETS.SYNTHETIC.SEED = 0  # generator seed
+    return cfg
+
+
+def _check(ok, message):
+    if not ok:
+        raise ValueError(f"Invalid config: {message}")
+
+
+def validate_config(cfg):
+    """Raise ``ValueError`` naming the key when a JoinDet value is out of range."""
+    d = cfg.MODEL.DEFORMABLE_DETR
+    for key in ("NUM_CLASSES", "NUM_QUERIES", "HIDDEN_DIM", "NHEADS", "DIM_FEEDFORWARD",
+                "NUM_FEATURE_LEVELS", "ENC_N_POINTS", "DEC_N_POINTS", "NUM_DETECTIONS"):
+        _check(int(d[key]) >= 1, f"MODEL.DEFORMABLE_DETR.{key} must be >= 1, got {d[key]}")
+    _check(d.ENC_LAYERS >= 0, f"MODEL.DEFORMABLE_DETR.ENC_LAYERS must be >= 0, got {d.ENC_LAYERS}")
+    _check(d.DEC_LAYERS >= 1, f"MODEL.DEFORMABLE_DETR.DEC_LAYERS must be >= 1, got {d.DEC_LAYERS}")
+    _check(d.HIDDEN_DIM % d.NHEADS == 0,
+           f"MODEL.DEFORMABLE_DETR.HIDDEN_DIM ({d.HIDDEN_DIM}) must be divisible by NHEADS ({d.NHEADS})")
+    _check(d.HIDDEN_DIM % 32 == 0,
+           f"MODEL.DEFORMABLE_DETR.HIDDEN_DIM ({d.HIDDEN_DIM}) must be a multiple of 32 (GroupNorm(32))")
+    _check(len(d.IN_FEATURES) >= 1, "MODEL.DEFORMABLE_DETR.IN_FEATURES is empty")
+    _check(d.NUM_FEATURE_LEVELS >= len(d.IN_FEATURES),
+           f"MODEL.DEFORMABLE_DETR.NUM_FEATURE_LEVELS ({d.NUM_FEATURE_LEVELS}) must be >= "
+           f"len(IN_FEATURES) ({len(d.IN_FEATURES)})")
+    _check(d.WITH_BOX_REFINE or not d.TWO_STAGE,
+           "MODEL.DEFORMABLE_DETR.TWO_STAGE needs MODEL.DEFORMABLE_DETR.WITH_BOX_REFINE True")
+    _check(0.0 <= d.DROPOUT < 1.0, f"MODEL.DEFORMABLE_DETR.DROPOUT must be in [0, 1), got {d.DROPOUT}")
+    _check(0.0 <= d.FOCAL_ALPHA <= 1.0, f"MODEL.DEFORMABLE_DETR.FOCAL_ALPHA must be in [0, 1], got {d.FOCAL_ALPHA}")
+    _check(d.NUM_DETECTIONS <= d.NUM_QUERIES * d.NUM_CLASSES,
+           "MODEL.DEFORMABLE_DETR.NUM_DETECTIONS must be <= NUM_QUERIES * NUM_CLASSES")
+    _check(cfg.SOLVER.OPTIMIZER.upper() in ("ADAMW", "SGD"),
+           f"SOLVER.OPTIMIZER must be ADAMW or SGD, got {cfg.SOLVER.OPTIMIZER!r}")
+    _check(cfg.SOLVER.EPOCHS >= 0, f"SOLVER.EPOCHS must be >= 0, got {cfg.SOLVER.EPOCHS}")
+    _check(cfg.SOLVER.IMS_PER_BATCH >= 1, f"SOLVER.IMS_PER_BATCH must be >= 1, got {cfg.SOLVER.IMS_PER_BATCH}")
+    _check(cfg.SOLVER.BASE_LR > 0, f"SOLVER.BASE_LR must be > 0, got {cfg.SOLVER.BASE_LR}")
+    s = cfg.DATASETS.SYNTHETIC
+    _check(s.NUM_TRAIN >= 1 and s.NUM_VAL >= 1, "DATASETS.SYNTHETIC.NUM_TRAIN / NUM_VAL must be >= 1")
+    _check(s.IMAGE_SIZE >= 32, f"DATASETS.SYNTHETIC.IMAGE_SIZE must be >= 32, got {s.IMAGE_SIZE}")
+
+
+def resolve_epochs(cfg, num_images):
+    """Turn an epoch-based schedule into Detectron2's iteration counts (the one place it happens).
+
+    With ``SOLVER.EPOCHS > 0``: one epoch is ``ceil(num_images / SOLVER.IMS_PER_BATCH)`` iterations
+    (IMS_PER_BATCH is the total batch over all processes), ``SOLVER.MAX_ITER = EPOCHS * that`` and
+    ``SOLVER.STEPS`` = ``STEP_EPOCHS * that``. E.g. COCO train2017 (117,266 images with boxes), batch 32:
+    3,665 iterations per epoch, 50 epochs = 183,250 iterations, drop at epoch 40 = iteration 146,600.
+    Returns the number of iterations per epoch. ``cfg`` must be mutable (called during set-up).
+    """
+    if num_images < 1:
+        raise ValueError(f"Cannot compute a schedule for a training set of {num_images} images")
+    iters_per_epoch = math.ceil(num_images / cfg.SOLVER.IMS_PER_BATCH)
+    if cfg.SOLVER.EPOCHS > 0:
+        cfg.SOLVER.MAX_ITER = max(1, int(round(cfg.SOLVER.EPOCHS * iters_per_epoch)))
+        cfg.SOLVER.STEPS = tuple(int(round(e * iters_per_epoch)) for e in cfg.SOLVER.STEP_EPOCHS)
+    return iters_per_epoch

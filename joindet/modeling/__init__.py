@@ -1,0 +1,4 @@
+"""Deformable DETR and JoinDet models (registered in Detectron2's META_ARCH_REGISTRY on import)."""
+from .deformable_detr import DeformableDETR
+
+__all__ = ["DeformableDETR"]

@@ -1,0 +1,445 @@
+"""
+The prior bank: all object priors of a dataset, per version, as memory-mappable numpy arrays.
+
+Layout of one version (no Python object per box; COCO is ~3.5M boxes, ImageNet ~38M)::
+
+    root/v0003/boxes.npy      float32 (N, 4)  XYXY absolute coordinates
+    root/v0003/scores.npy     float32 (N,)
+    root/v0003/offsets.npy    int64 (num_images + 1,)  image i's priors are rows offsets[i]:offsets[i+1]
+    root/v0003/image_ids.npy  int64 (num_images,)      sorted ascending, unique
+    root/v0003/meta.json      version, num_images, num_boxes, created, info
+
+A version is written into a temporary directory inside ``root`` and renamed into place at the
+end, so a reader never sees a half-written version and an interrupted write leaves the earlier
+versions untouched. A version counts only once its directory holds ``meta.json``.
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+__all__ = ["PriorBank", "PriorVersion"]
+
+_VERSION_DIR = re.compile(r"^v(\d{4,})$")
+_ARRAY_FILES = ("image_ids", "offsets", "boxes", "scores")
+_META_FILE = "meta.json"
+
+
+def _version_dirname(version: int) -> str:
+    return f"v{version:04d}"
+
+
+def _check_version(version) -> int:
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)):
+        raise ValueError(f"version must be an integer, got {version!r}")
+    if version < 0:
+        raise ValueError(f"version must be >= 0, got {version}")
+    return int(version)
+
+
+class PriorVersion:
+    """
+    One version of the prior bank, opened lazily.
+
+    Picklable for data-loader workers: only the directory, the version and the ``mmap`` flag are
+    pickled; each process opens its own memory maps on first access.
+
+    Attributes:
+        version (int): the version number.
+        path (Path): the version's directory.
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], version: int, mmap: bool = True):
+        self.path = Path(path)
+        self.version = int(version)
+        self.mmap = bool(mmap)
+        self._arrays: Optional[Dict[str, np.ndarray]] = None
+        self._meta: Optional[dict] = None
+
+    # -- lazy loading / pickling -------------------------------------------------------------
+    def _load(self) -> Dict[str, np.ndarray]:
+        if self._arrays is None:
+            mode = "r" if self.mmap else None
+            self._arrays = {
+                name: np.load(self.path / f"{name}.npy", mmap_mode=mode, allow_pickle=False)
+                for name in _ARRAY_FILES
+            }
+        return self._arrays
+
+    def __getstate__(self):
+        return {"path": str(self.path), "version": self.version, "mmap": self.mmap}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"], state["version"], state["mmap"])
+
+    def __repr__(self) -> str:
+        return f"PriorVersion(path={str(self.path)!r}, version={self.version}, mmap={self.mmap})"
+
+    # -- arrays -------------------------------------------------------------------------------
+    @property
+    def image_ids(self) -> np.ndarray:
+        """int64 (num_images,), sorted ascending."""
+        return self._load()["image_ids"]
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """int64 (num_images + 1,): image i's priors are rows offsets[i]:offsets[i+1]."""
+        return self._load()["offsets"]
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """float32 (N, 4) XYXY absolute, all images concatenated (a read-only memmap if mmap)."""
+        return self._load()["boxes"]
+
+    @property
+    def scores(self) -> np.ndarray:
+        """float32 (N,), aligned with ``boxes``."""
+        return self._load()["scores"]
+
+    @property
+    def meta(self) -> dict:
+        """The contents of meta.json (version, num_images, num_boxes, created, info)."""
+        if self._meta is None:
+            with open(self.path / _META_FILE, "r") as f:
+                self._meta = json.load(f)
+        return self._meta
+
+    @property
+    def num_boxes(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def __len__(self) -> int:
+        return int(self.image_ids.shape[0])
+
+    def _index(self, image_id) -> int:
+        ids = self.image_ids
+        idx = int(np.searchsorted(ids, image_id))
+        if idx >= ids.shape[0] or ids[idx] != image_id:
+            span = f"ids {int(ids[0])}..{int(ids[-1])}" if ids.shape[0] else "no images"
+            raise KeyError(
+                f"image id {image_id!r} is not in prior bank version {self.version} at "
+                f"{self.path} ({ids.shape[0]} images, {span})"
+            )
+        return idx
+
+    def __contains__(self, image_id) -> bool:
+        try:
+            self._index(image_id)
+        except KeyError:
+            return False
+        return True
+
+    def get(self, image_id: int) -> Tuple[np.ndarray, np.ndarray]:
+        """
+        The priors of one image.
+
+        Returns:
+            boxes float32 (k, 4) XYXY absolute and scores float32 (k,) (k may be 0), as writable
+            copies (not views of the memory map).
+
+        Raises:
+            KeyError: the image id is not in this version.
+        """
+        idx = self._index(image_id)
+        offsets = self.offsets
+        start, end = int(offsets[idx]), int(offsets[idx + 1])
+        return np.array(self.boxes[start:end]), np.array(self.scores[start:end])
+
+    def boxes_per_image(self) -> np.ndarray:
+        """int64 (num_images,): the number of priors of each image, in ``image_ids`` order."""
+        return np.diff(np.asarray(self.offsets))
+
+    def mean_score(self) -> float:
+        """The mean score over all priors of this version (0.0 when there are none)."""
+        scores = self.scores
+        if scores.shape[0] == 0:
+            return 0.0
+        return float(np.mean(scores, dtype=np.float64))
+
+
+class PriorBank:
+    """
+    All versions of the object priors of one dataset, stored under ``root`` (see module docstring).
+
+    Args:
+        root: the bank's directory; created on the first write.
+    """
+
+    def __init__(self, root: Union[str, os.PathLike]):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"PriorBank(root={str(self.root)!r})"
+
+    # -- listing ------------------------------------------------------------------------------
+    def versions(self) -> List[int]:
+        """The complete versions (directory ``v{version:04d}`` holding meta.json), ascending."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for entry in os.scandir(self.root):
+            m = _VERSION_DIR.match(entry.name)
+            if m is None or not entry.is_dir():
+                continue
+            version = int(m.group(1))
+            if entry.name != _version_dirname(version):
+                continue  # e.g. "v00003": not a name this bank writes
+            if os.path.isfile(os.path.join(entry.path, _META_FILE)):
+                found.append(version)
+        return sorted(found)
+
+    def latest_version(self) -> Optional[int]:
+        """The highest complete version, or None for an empty bank."""
+        versions = self.versions()
+        return versions[-1] if versions else None
+
+    def version_path(self, version: int) -> Path:
+        return self.root / _version_dirname(_check_version(version))
+
+    # -- reading ------------------------------------------------------------------------------
+    def read(self, version: int, mmap: bool = True) -> PriorVersion:
+        """
+        Open one version.
+
+        Args:
+            version: the version number.
+            mmap: memory-map the arrays (``np.load(..., mmap_mode="r")``); otherwise load them.
+
+        Raises:
+            FileNotFoundError: the version is not (completely) present in this bank.
+        """
+        version = _check_version(version)
+        path = self.root / _version_dirname(version)
+        if not (path / _META_FILE).is_file():
+            raise FileNotFoundError(
+                f"prior bank version {version} not found in {self.root} "
+                f"(versions present: {self.versions()})"
+            )
+        return PriorVersion(path, version, mmap=mmap)
+
+    # -- writing ------------------------------------------------------------------------------
+    def write_version(
+        self,
+        version: int,
+        image_ids: Sequence[int],
+        boxes_list: Iterable,
+        scores_list: Iterable,
+        info: Optional[dict] = None,
+        overwrite: bool = False,
+    ) -> PriorVersion:
+        """
+        Write a version from per-image arrays.
+
+        Args:
+            version: the version number (>= 0).
+            image_ids: num_images unique integer image ids, in any order.
+            boxes_list: num_images arrays, each float (k_i, 4) XYXY absolute (k_i may be 0).
+            scores_list: num_images arrays, each (k_i,).
+            info: free-form JSON-serialisable dict stored in meta.json.
+            overwrite: replace an existing version (atomically) instead of refusing.
+
+        Returns:
+            The written version, opened with ``mmap=True``.
+        """
+        version = _check_version(version)
+        self._refuse_existing(version, overwrite)
+        ids = np.asarray(image_ids)
+        if ids.ndim != 1:
+            raise ValueError(f"image_ids must be one-dimensional, got shape {ids.shape}")
+        boxes_list, scores_list = list(boxes_list), list(scores_list)
+        if not (len(ids) == len(boxes_list) == len(scores_list)):
+            raise ValueError(
+                f"image_ids, boxes_list and scores_list must have the same length, got "
+                f"{len(ids)}, {len(boxes_list)}, {len(scores_list)}"
+            )
+        boxes_arrays, scores_arrays = [], []
+        for i, (b, s) in enumerate(zip(boxes_list, scores_list)):
+            b = np.asarray(b, dtype=np.float32)
+            s = np.asarray(s, dtype=np.float32)
+            if b.size == 0:
+                b = b.reshape(0, 4)
+            if s.size == 0:
+                s = s.reshape(0)
+            if b.ndim != 2 or b.shape[1] != 4:
+                raise ValueError(f"boxes of image {ids[i]} must have shape (k, 4), got {b.shape}")
+            if s.ndim != 1 or s.shape[0] != b.shape[0]:
+                raise ValueError(
+                    f"scores of image {ids[i]} must have shape ({b.shape[0]},), got {s.shape}"
+                )
+            boxes_arrays.append(b)
+            scores_arrays.append(s)
+        counts = np.array([b.shape[0] for b in boxes_arrays], dtype=np.int64)
+        offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        boxes = np.concatenate(boxes_arrays) if boxes_arrays else np.zeros((0, 4), np.float32)
+        scores = np.concatenate(scores_arrays) if scores_arrays else np.zeros((0,), np.float32)
+        return self.write_version_arrays(
+            version, ids, boxes, scores, offsets, info=info, overwrite=overwrite
+        )
+
+    def write_version_arrays(
+        self,
+        version: int,
+        image_ids: np.ndarray,
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        offsets: np.ndarray,
+        info: Optional[dict] = None,
+        overwrite: bool = False,
+    ) -> PriorVersion:
+        """
+        Write a version from concatenated arrays.
+
+        Args:
+            version: the version number (>= 0).
+            image_ids: int (num_images,) unique image ids, in any order (sorted before writing).
+            boxes: float (N, 4) XYXY absolute, image i's rows at offsets[i]:offsets[i+1].
+            scores: float (N,).
+            offsets: int (num_images + 1,), non-decreasing, offsets[0] = 0, offsets[-1] = N.
+            info: free-form JSON-serialisable dict stored in meta.json.
+            overwrite: replace an existing version (atomically) instead of refusing.
+
+        Returns:
+            The written version, opened with ``mmap=True``.
+        """
+        version = _check_version(version)
+        self._refuse_existing(version, overwrite)
+        ids, boxes, scores, offsets = _validate_arrays(image_ids, boxes, scores, offsets)
+        ids, boxes, scores, offsets = _sort_by_image_id(ids, boxes, scores, offsets)
+        meta = {
+            "version": version,
+            "num_images": int(ids.shape[0]),
+            "num_boxes": int(boxes.shape[0]),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "created_unix": time.time(),
+            "info": dict(info) if info is not None else {},
+        }
+        try:
+            meta_text = json.dumps(meta, indent=2, sort_keys=True)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"info must be a JSON-serialisable dict: {e}") from e
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = _version_dirname(version)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-{os.getpid()}-", dir=self.root))
+        try:
+            arrays = {"image_ids": ids, "offsets": offsets, "boxes": boxes, "scores": scores}
+            for key in _ARRAY_FILES:
+                with open(tmp / f"{key}.npy", "wb") as f:
+                    np.save(f, arrays[key], allow_pickle=False)
+                    f.flush()
+                    os.fsync(f.fileno())
+            with open(tmp / _META_FILE, "w") as f:
+                f.write(meta_text)
+                f.flush()
+                os.fsync(f.fileno())
+            self._move_into_place(tmp, name, overwrite)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return self.read(version)
+
+    def _refuse_existing(self, version: int, overwrite: bool) -> None:
+        path = self.root / _version_dirname(version)
+        if not overwrite and os.path.lexists(path):
+            raise ValueError(
+                f"prior bank version {version} already exists at {path}; "
+                "pass overwrite=True to replace it"
+            )
+
+    def _move_into_place(self, tmp: Path, name: str, overwrite: bool) -> None:
+        target = self.root / name
+        old = None
+        if os.path.lexists(target):
+            if not overwrite:
+                raise ValueError(
+                    f"prior bank version directory {target} appeared while writing; "
+                    "pass overwrite=True to replace it"
+                )
+            old = Path(tempfile.mkdtemp(prefix=f".old-{name}-{os.getpid()}-", dir=self.root))
+            os.replace(target, old / name)  # move the old version aside (same filesystem)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            if old is not None and not os.path.lexists(target):
+                os.replace(old / name, target)  # put the old version back
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(self.root)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Persist a rename on filesystems that support fsync on directories."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _validate_arrays(image_ids, boxes, scores, offsets):
+    ids = np.asarray(image_ids)
+    if ids.ndim != 1:
+        raise ValueError(f"image_ids must be one-dimensional, got shape {ids.shape}")
+    if ids.size and ids.dtype.kind not in "iu":
+        if ids.dtype.kind != "f" or not np.all(np.mod(ids, 1) == 0):
+            raise ValueError(f"image_ids must be integers, got dtype {ids.dtype}")
+    ids = ids.astype(np.int64)
+    if np.unique(ids).shape[0] != ids.shape[0]:
+        uniq, counts = np.unique(ids, return_counts=True)
+        raise ValueError(f"duplicate image ids: {uniq[counts > 1][:10].tolist()}")
+
+    boxes = np.asarray(boxes, dtype=np.float32)
+    if boxes.size == 0:
+        boxes = boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (N, 4), got {boxes.shape}")
+    scores = np.asarray(scores, dtype=np.float32)
+    if scores.size == 0:
+        scores = scores.reshape(0)
+    if scores.ndim != 1 or scores.shape[0] != boxes.shape[0]:
+        raise ValueError(f"scores must have shape ({boxes.shape[0]},), got {scores.shape}")
+
+    offsets = np.asarray(offsets)
+    if offsets.ndim != 1 or offsets.shape[0] != ids.shape[0] + 1:
+        raise ValueError(
+            f"offsets must have shape (num_images + 1,) = ({ids.shape[0] + 1},), got {offsets.shape}"
+        )
+    if not np.issubdtype(offsets.dtype, np.integer):
+        raise ValueError(f"offsets must be integers, got dtype {offsets.dtype}")
+    offsets = offsets.astype(np.int64)
+    if offsets[0] != 0 or offsets[-1] != boxes.shape[0]:
+        raise ValueError(
+            f"offsets must start at 0 and end at the number of boxes {boxes.shape[0]}, "
+            f"got {int(offsets[0])} and {int(offsets[-1])}"
+        )
+    if np.any(np.diff(offsets) < 0):
+        raise ValueError("offsets must be non-decreasing")
+    return ids, boxes, scores, offsets
+
+
+def _sort_by_image_id(ids, boxes, scores, offsets):
+    """Reorder images (and their rows) so that ids ascend; vectorised, no loop over images."""
+    if ids.shape[0] == 0 or np.all(ids[1:] > ids[:-1]):
+        return ids, boxes, scores, offsets
+    order = np.argsort(ids, kind="stable")
+    counts = np.diff(offsets)[order]
+    starts = offsets[:-1][order]
+    new_offsets = np.zeros_like(offsets)
+    np.cumsum(counts, out=new_offsets[1:])
+    # row r of image j (sorted) comes from starts[j] + (r - new_offsets[j])
+    rows = np.repeat(starts - new_offsets[:-1], counts) + np.arange(boxes.shape[0], dtype=np.int64)
+    return ids[order], boxes[rows], scores[rows], new_offsets

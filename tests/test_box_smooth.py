@@ -1,0 +1,296 @@
+import numpy as np
+import pytest
+import torch
+
+from joindet.priors.box_smooth import mean_best_iou, smooth_priors
+
+SQUARE = np.array([0.0, 0.0, 10.0, 10.0], dtype=np.float32)
+
+
+def shifted(dx):
+    """SQUARE shifted right by dx: IoU with SQUARE = (10 - dx) / (10 + dx)."""
+    return SQUARE + np.array([dx, 0.0, dx, 0.0], dtype=np.float32)
+
+
+def np_iou(a, b):
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union
+
+
+def reference_smooth(old_b, old_s, new_b, new_s, m, thr, topk):
+    """Independent loop-based reference of the documented definition (float64)."""
+    boxes = [np.float64(b) for b in old_b] + [np.float64(b) for b in new_b]
+    scores = [float(s) for s in old_s] + [float(s) for s in new_s]
+    is_old = [True] * len(old_b) + [False] * len(new_b)
+    w = [s * (m if o else 1 - m) for s, o in zip(scores, is_old)]
+    part = [i for i in range(len(boxes)) if w[i] > 0]
+    part.sort(key=lambda i: -w[i])
+    seeds = []
+    for i in part:
+        if all(np_iou(boxes[i], boxes[j]) <= thr for j in seeds):
+            seeds.append(i)
+    members = {s: [] for s in seeds}
+    for i in part:
+        if i in members:
+            members[i].append(i)
+            continue
+        ious = [np_iou(boxes[i], boxes[s]) for s in seeds]
+        best = int(np.argmax(ious))
+        assert ious[best] > thr
+        members[seeds[best]].append(i)
+    out = []
+    for s, mem in members.items():
+        ws = np.array([w[i] for i in mem])
+        box = sum(w[i] * boxes[i] for i in mem) / ws.sum()
+        olds = [scores[i] for i in mem if is_old[i]]
+        news = [scores[i] for i in mem if not is_old[i]]
+        score = m * (np.mean(olds) if olds else 0.0) + (1 - m) * (np.mean(news) if news else 0.0)
+        out.append((score, box))
+    out.sort(key=lambda t: -t[0])
+    out = out[:topk]
+    return (
+        np.array([b for _, b in out]).reshape(-1, 4),
+        np.array([s for s, _ in out]),
+    )
+
+
+def random_priors(rng, n, size=100.0):
+    xy = rng.uniform(0, size * 0.7, (n, 2))
+    wh = rng.uniform(size * 0.1, size * 0.3, (n, 2))
+    boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
+    scores = rng.uniform(0.05, 1.0, n).astype(np.float32)
+    return boxes, scores
+
+
+def sorted_rows(boxes, scores):
+    arr = np.concatenate(
+        [np.asarray(boxes, np.float64), np.asarray(scores, np.float64)[:, None]], 1
+    )
+    return arr[np.lexsort(arr.T[::-1])]
+
+
+def disjoint_boxes(n, offset=0.0):
+    """n boxes in a row, no overlap between any two."""
+    return np.stack(
+        [SQUARE + np.float32([20 * i + offset, 0, 20 * i + offset, 0]) for i in range(n)]
+    )
+
+
+def test_momentum_zero_returns_current_priors():
+    rng = np.random.default_rng(0)
+    new_b = disjoint_boxes(5)
+    new_s = np.float32([0.3, 0.9, 0.5, 0.7, 0.1])
+    old_b, old_s = random_priors(rng, 8)
+    boxes, scores = smooth_priors(old_b, old_s, new_b, new_s, momentum=0.0)
+    order = np.argsort(-new_s)
+    assert boxes.dtype == np.float32 and scores.dtype == np.float32
+    np.testing.assert_array_equal(boxes, new_b[order])
+    np.testing.assert_array_equal(scores, new_s[order])
+
+
+def test_momentum_one_returns_precedent_priors():
+    rng = np.random.default_rng(1)
+    old_b = disjoint_boxes(4, offset=3.0)
+    old_s = np.float32([0.2, 0.8, 0.6, 0.4])
+    new_b, new_s = random_priors(rng, 8)
+    boxes, scores = smooth_priors(old_b, old_s, new_b, new_s, momentum=1.0)
+    order = np.argsort(-old_s)
+    np.testing.assert_array_equal(boxes, old_b[order])
+    np.testing.assert_array_equal(scores, old_s[order])
+
+
+def test_momentum_zero_merges_overlapping_current_priors():
+    # Two current priors overlapping above the threshold form one cluster even at m = 0.
+    a, b = SQUARE, shifted(1.0)  # IoU 9/11
+    boxes, scores = smooth_priors(
+        np.zeros((0, 4), np.float32),
+        np.zeros(0, np.float32),
+        np.stack([a, b]),
+        np.float32([0.6, 0.2]),
+        momentum=0.0,
+    )
+    assert boxes.shape == (1, 4)
+    np.testing.assert_allclose(boxes[0], (0.6 * a + 0.2 * b) / 0.8, rtol=1e-6)
+    np.testing.assert_allclose(scores[0], 0.4, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dx,merged", [(3.6, False), (3.4, True)])
+def test_threshold_effect(dx, merged):
+    old_b, new_b = SQUARE[None], shifted(dx)[None]
+    iou = np_iou(SQUARE, shifted(dx))
+    assert (iou > 0.48) == merged and abs(iou - 0.48) < 0.015  # just above / just below
+    m, s_old, s_new = 0.45, 0.8, 0.6
+    boxes, scores = smooth_priors(
+        old_b, np.float32([s_old]), new_b, np.float32([s_new]), momentum=m
+    )
+    if merged:
+        assert boxes.shape == (1, 4)
+        w_old, w_new = m * s_old, (1 - m) * s_new
+        expected = (w_old * SQUARE.astype(np.float64) + w_new * shifted(dx)) / (w_old + w_new)
+        np.testing.assert_allclose(boxes[0], expected, rtol=1e-6)
+        np.testing.assert_allclose(scores[0], m * s_old + (1 - m) * s_new, rtol=1e-6)
+    else:
+        assert boxes.shape == (2, 4)
+        # each cluster is a singleton: its box, and its score weighted by its own side's share
+        np.testing.assert_allclose(scores, [m * s_old, (1 - m) * s_new], rtol=1e-6)
+        np.testing.assert_array_equal(boxes, np.stack([SQUARE, shifted(dx)]))
+
+
+def test_threshold_argument_changes_merging():
+    old_b, new_b = SQUARE[None], shifted(3.4)[None]  # IoU ~0.4925
+    one = np.float32([0.5])
+    assert smooth_priors(old_b, one, new_b, one, iou_threshold=0.45)[0].shape[0] == 1
+    assert smooth_priors(old_b, one, new_b, one, iou_threshold=0.50)[0].shape[0] == 2
+
+
+def test_cluster_score_averages_each_side():
+    # one old box and two new boxes, all pairwise above 0.48 -> one cluster
+    m = 0.3
+    old_b = SQUARE[None]
+    new_b = np.stack([shifted(0.5), shifted(1.0)])
+    old_s = np.float32([0.9])
+    new_s = np.float32([0.5, 0.7])
+    boxes, scores = smooth_priors(old_b, old_s, new_b, new_s, momentum=m)
+    assert boxes.shape == (1, 4)
+    np.testing.assert_allclose(scores[0], m * 0.9 + (1 - m) * (0.5 + 0.7) / 2, rtol=1e-6)
+    w = np.array([m * 0.9, (1 - m) * 0.5, (1 - m) * 0.7])
+    all_b = np.concatenate([old_b, new_b]).astype(np.float64)
+    np.testing.assert_allclose(boxes[0], (w[:, None] * all_b).sum(0) / w.sum(), rtol=1e-6)
+
+
+def test_box_joins_seed_with_highest_iou():
+    # Seeds s1 (heavier) and s2 overlap 0.25 < 0.3; x overlaps both above 0.3 but s2 more (0.667 vs 0.43).
+    s1, s2, x = SQUARE, shifted(6.0), shifted(4.0)
+    new_b = np.stack([s1, s2, x])
+    new_s = np.float32([0.9, 0.8, 0.5])
+    boxes, scores = smooth_priors(
+        np.zeros((0, 4)), np.zeros(0), new_b, new_s, momentum=0.0, iou_threshold=0.3
+    )
+    assert boxes.shape == (2, 4)
+    np.testing.assert_array_equal(boxes[0], s1)
+    np.testing.assert_allclose(boxes[1], (0.8 * s2 + 0.5 * x.astype(np.float64)) / 1.3, rtol=1e-6)
+    np.testing.assert_allclose(scores, [0.9, (0.8 + 0.5) / 2], rtol=1e-6)
+
+
+@pytest.mark.parametrize("seed,m,thr", [(0, 0.45, 0.48), (1, 0.2, 0.35), (2, 0.7, 0.65)])
+def test_matches_loop_reference(seed, m, thr):
+    rng = np.random.default_rng(seed)
+    old_b, old_s = random_priors(rng, 25)
+    new_b, new_s = random_priors(rng, 30)
+    boxes, scores = smooth_priors(
+        old_b, old_s, new_b, new_s, momentum=m, iou_threshold=thr, topk=100
+    )
+    ref_b, ref_s = reference_smooth(old_b, old_s, new_b, new_s, m, thr, 100)
+    assert boxes.shape == ref_b.shape
+    np.testing.assert_allclose(boxes, ref_b, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(scores, ref_s, rtol=1e-5)
+    # smoothing merged something and the outputs are sorted
+    assert boxes.shape[0] < 55
+    assert np.all(np.diff(scores) <= 0)
+
+
+def test_topk():
+    new_b = disjoint_boxes(10)
+    new_s = np.linspace(0.1, 1.0, 10).astype(np.float32)
+    boxes, scores = smooth_priors(np.zeros((0, 4)), np.zeros(0), new_b, new_s, momentum=0.0, topk=3)
+    assert boxes.shape == (3, 4)
+    np.testing.assert_array_equal(boxes, new_b[[9, 8, 7]])
+    rng = np.random.default_rng(3)
+    old_b, old_s = random_priors(rng, 40)
+    new_b, new_s = random_priors(rng, 40)
+    boxes, scores = smooth_priors(old_b, old_s, new_b, new_s)
+    assert boxes.shape[0] <= 30 and scores.shape[0] == boxes.shape[0]
+
+
+def test_order_invariance():
+    rng = np.random.default_rng(4)
+    old_b, old_s = random_priors(rng, 20)
+    new_b, new_s = random_priors(rng, 20)
+    b1, s1 = smooth_priors(old_b, old_s, new_b, new_s, topk=50)
+    po, pn = rng.permutation(20), rng.permutation(20)
+    b2, s2 = smooth_priors(old_b[po], old_s[po], new_b[pn], new_s[pn], topk=50)
+    np.testing.assert_allclose(sorted_rows(b1, s1), sorted_rows(b2, s2), rtol=1e-6, atol=1e-5)
+
+
+def test_empty_inputs():
+    m = 0.45
+    b = disjoint_boxes(3)
+    s = np.float32([0.5, 0.9, 0.2])
+    empty_b, empty_s = np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+    order = np.argsort(-s)
+
+    boxes, scores = smooth_priors(empty_b, empty_s, b, s, momentum=m)
+    np.testing.assert_array_equal(boxes, b[order])
+    np.testing.assert_allclose(scores, (1 - m) * s[order], rtol=1e-6)
+
+    boxes, scores = smooth_priors(b, s, empty_b, empty_s, momentum=m)
+    np.testing.assert_array_equal(boxes, b[order])
+    np.testing.assert_allclose(scores, m * s[order], rtol=1e-6)
+
+    boxes, scores = smooth_priors(empty_b, empty_s, empty_b, empty_s)
+    assert boxes.shape == (0, 4) and scores.shape == (0,)
+    assert boxes.dtype == np.float32
+
+    # m = 1 with no old priors: nothing takes part
+    boxes, scores = smooth_priors(empty_b, empty_s, b, s, momentum=1.0)
+    assert boxes.shape == (0, 4)
+
+
+def test_torch_in_torch_out():
+    rng = np.random.default_rng(5)
+    old_b, old_s = random_priors(rng, 10)
+    new_b, new_s = random_priors(rng, 10)
+    nb, ns = smooth_priors(old_b, old_s, new_b, new_s)
+    tb, ts = smooth_priors(*(torch.from_numpy(x) for x in (old_b, old_s, new_b, new_s)))
+    assert isinstance(tb, torch.Tensor) and tb.dtype == torch.float32 and ts.dtype == torch.float32
+    np.testing.assert_array_equal(tb.numpy(), nb)
+    np.testing.assert_array_equal(ts.numpy(), ns)
+
+
+def test_zero_scores_take_no_part():
+    boxes, scores = smooth_priors(
+        SQUARE[None], np.float32([0.0]), shifted(1.0)[None], np.float32([0.5]), momentum=0.5
+    )
+    np.testing.assert_array_equal(boxes, shifted(1.0)[None])
+    np.testing.assert_allclose(scores, [0.25])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(momentum=-0.1),
+        dict(momentum=1.1),
+        dict(iou_threshold=0.0),
+        dict(iou_threshold=1.0),
+        dict(topk=0),
+    ],
+)
+def test_bad_hyperparameters(kwargs):
+    b = disjoint_boxes(2)
+    s = np.float32([0.5, 0.5])
+    with pytest.raises(ValueError):
+        smooth_priors(b, s, b, s, **kwargs)
+
+
+def test_bad_shapes():
+    b = disjoint_boxes(3)
+    s = np.float32([0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match="disagree"):
+        smooth_priors(b, s[:2], b, s)
+    with pytest.raises(ValueError, match=r"\(n, 4\)"):
+        smooth_priors(b, s, b[:, :3], s)
+    with pytest.raises(ValueError, match="x2 >= x1"):
+        smooth_priors(b[:, [2, 1, 0, 3]], s, b, s)
+
+
+def test_mean_best_iou():
+    a, b, c = SQUARE, shifted(5.0), shifted(30.0)
+    assert mean_best_iou(a[None], np.stack([c, a])) == pytest.approx(1.0)
+    # a -> best 1.0 (a), b -> best IoU(b, a) = 5 / 15
+    assert mean_best_iou(np.stack([a, b]), a[None]) == pytest.approx((1.0 + 1 / 3) / 2)
+    assert mean_best_iou(np.stack([a, b]), c[None]) == 0.0
+    assert mean_best_iou(np.zeros((0, 4)), a[None]) == 0.0
+    assert mean_best_iou(a[None], torch.zeros(0, 4)) == 0.0

@@ -1,0 +1,273 @@
+"""SetCriterion (focal / L1 / GIoU losses, aux and two-stage suffixes, num_boxes normalisation),
+build_weight_dict and the box_ops conversions, against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from joindet.modeling import criterion as criterion_module
+from joindet.modeling.box_ops import box_cxcywh_norm_to_xyxy_abs, box_xyxy_abs_to_cxcywh_norm
+from joindet.modeling.criterion import SetCriterion, build_weight_dict
+from joindet.modeling.matcher import HungarianMatcher
+
+ALPHA, GAMMA = 0.25, 2.0
+
+
+class FixedMatcher(torch.nn.Module):
+    """Returns the given assignment, whatever the predictions."""
+
+    def __init__(self, indices):
+        super().__init__()
+        self.indices = indices
+
+    def forward(self, outputs, targets):
+        return [
+            (torch.tensor(p, dtype=torch.int64), torch.tensor(t, dtype=torch.int64))
+            for p, t in self.indices
+        ]
+
+
+def _focal_by_hand(logit, target):
+    p = 1.0 / (1.0 + math.exp(-logit))
+    bce = -(target * math.log(p) + (1 - target) * math.log(1 - p))
+    p_t = p if target == 1 else 1 - p
+    alpha_t = ALPHA if target == 1 else 1 - ALPHA
+    return alpha_t * (1 - p_t) ** GAMMA * bce
+
+
+def _criterion(num_classes, matcher=None, **kwargs):
+    return SetCriterion(
+        num_classes,
+        matcher or HungarianMatcher(),
+        build_weight_dict(2, 5, 2, 0, False),
+        focal_alpha=ALPHA,
+        focal_gamma=GAMMA,
+        **kwargs,
+    )
+
+
+def _random_batch(gen, batch, num_queries, num_classes, counts):
+    outputs = {
+        "pred_logits": torch.randn(batch, num_queries, num_classes, generator=gen),
+        "pred_boxes": torch.cat(
+            [
+                torch.rand(batch, num_queries, 2, generator=gen) * 0.6 + 0.2,
+                torch.rand(batch, num_queries, 2, generator=gen) * 0.3 + 0.05,
+            ],
+            dim=-1,
+        ),
+    }
+    targets = []
+    for n in counts:
+        boxes = torch.cat(
+            [
+                torch.rand(n, 2, generator=gen) * 0.6 + 0.2,
+                torch.rand(n, 2, generator=gen) * 0.3 + 0.05,
+            ],
+            1,
+        )
+        targets.append(
+            {"labels": torch.randint(0, num_classes, (n,), generator=gen), "boxes": boxes}
+        )
+    return outputs, targets
+
+
+def test_focal_loss_by_hand():
+    logits = [[1.5, -0.5], [-2.0, 0.3], [0.1, 2.2]]  # Q = 3, C = 2
+    outputs = {"pred_logits": torch.tensor([logits]), "pred_boxes": torch.full((1, 3, 4), 0.5)}
+    targets = [{"labels": torch.tensor([1, 0]), "boxes": torch.full((2, 4), 0.5)}]
+    # query 2 <- target 0 (class 1), query 0 <- target 1 (class 0); query 1 unmatched
+    crit = _criterion(2, FixedMatcher([([0, 2], [1, 0])]))
+    onehot = [[1, 0], [0, 0], [0, 1]]
+    want = (
+        sum(_focal_by_hand(logits[q][c], onehot[q][c]) for q in range(3) for c in range(2)) / 2
+    )  # 2 boxes
+    got = crit(outputs, targets)["loss_ce"]
+    assert got.item() == pytest.approx(want, rel=1e-6)
+
+
+def test_box_losses_by_hand():
+    pred = [0.5, 0.5, 0.2, 0.2]  # xyxy (0.4, 0.4, 0.6, 0.6)
+    tgt = [0.6, 0.4, 0.3, 0.2]  # xyxy (0.45, 0.3, 0.75, 0.5)
+    outputs = {
+        "pred_logits": torch.zeros(1, 2, 1),
+        "pred_boxes": torch.tensor([[[0.1, 0.1, 0.1, 0.1], pred]]),
+    }
+    targets = [{"labels": torch.tensor([0]), "boxes": torch.tensor([tgt])}]
+    losses = _criterion(1, FixedMatcher([([1], [0])]))(outputs, targets)
+    assert losses["loss_bbox"].item() == pytest.approx(0.1 + 0.1 + 0.1 + 0.0, abs=1e-6)
+    inter = (0.6 - 0.45) * (0.5 - 0.4)
+    union = 0.2 * 0.2 + 0.3 * 0.2 - inter
+    hull = (0.75 - 0.4) * (0.6 - 0.3)
+    giou = inter / union - (hull - union) / hull
+    assert losses["loss_giou"].item() == pytest.approx(1 - giou, abs=1e-5)
+
+
+def test_perfect_boxes_give_zero_box_losses():
+    gen = torch.Generator().manual_seed(0)
+    outputs, targets = _random_batch(gen, 2, 6, 3, [3, 2])
+    outputs["pred_boxes"][0, :3] = targets[0]["boxes"]
+    outputs["pred_boxes"][1, 2:4] = targets[1]["boxes"]
+    losses = _criterion(3)(outputs, targets)
+    assert losses["loss_bbox"].item() == pytest.approx(0.0, abs=1e-6)
+    assert losses["loss_giou"].item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_aux_and_enc_suffixes_and_class_agnostic_enc():
+    gen = torch.Generator().manual_seed(1)
+    outputs, targets = _random_batch(gen, 2, 5, 3, [2, 3])
+    aux = [_random_batch(gen, 2, 5, 3, [])[0] for _ in range(2)]
+    enc = _random_batch(gen, 2, 7, 1, [])[0]  # class-agnostic proposals: C' = 1
+    outputs.update(aux_outputs=aux, enc_outputs=enc)
+    crit = SetCriterion(
+        3, HungarianMatcher(), build_weight_dict(2, 5, 2, num_aux=2, two_stage=True)
+    )
+    losses = crit(outputs, targets)
+    base = ("loss_ce", "loss_bbox", "loss_giou")
+    assert set(losses) == {k + s for k in base for s in ("", "_0", "_1", "_enc")}
+    assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
+    # each aux layer is scored exactly as if it were the final layer
+    for i, a in enumerate(aux):
+        alone = crit(a, targets)
+        for k in base:
+            torch.testing.assert_close(losses[f"{k}_{i}"], alone[k])
+    # enc outputs: every target relabelled 0
+    agnostic = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
+    alone = SetCriterion(1, HungarianMatcher(), {})(enc, agnostic)
+    for k in base:
+        torch.testing.assert_close(losses[f"{k}_enc"], alone[k])
+    weighted = crit.weighted(losses)
+    assert set(weighted) == set(losses)
+    torch.testing.assert_close(weighted["loss_bbox_1"], 5 * losses["loss_bbox_1"])
+
+
+def test_duplicated_batch_leaves_losses_unchanged():
+    """Sums and num_boxes both double when every image is duplicated, so every loss is unchanged;
+    the normaliser is the batch's box count (here 5 boxes), not the number of images."""
+    gen = torch.Generator().manual_seed(2)
+    outputs, targets = _random_batch(gen, 2, 6, 3, [3, 2])
+    crit = _criterion(3)
+    once = crit(outputs, targets)
+    twice = crit({k: torch.cat([v, v]) for k, v in outputs.items()}, targets + targets)
+    for k in once:
+        torch.testing.assert_close(twice[k], once[k])
+    indices = crit.matcher(outputs, targets)
+    raw = crit.get_loss("boxes", outputs, targets, indices, num_boxes=1.0)["loss_bbox"]
+    torch.testing.assert_close(once["loss_bbox"], raw / 5)
+
+
+def test_image_without_targets():
+    gen = torch.Generator().manual_seed(3)
+    outputs, targets = _random_batch(gen, 2, 4, 2, [2, 0])
+    outputs["pred_logits"].requires_grad_(True)
+    outputs["pred_boxes"].requires_grad_(True)
+    crit = _criterion(2)
+    losses = crit(outputs, targets)
+    first = crit({k: v[:1] for k, v in outputs.items()}, targets[:1])
+    # box losses come from the first image alone; the empty image adds its all-negative focal sum
+    torch.testing.assert_close(losses["loss_bbox"], first["loss_bbox"])
+    torch.testing.assert_close(losses["loss_giou"], first["loss_giou"])
+    negatives = sum(_focal_by_hand(x, 0) for x in outputs["pred_logits"][1].flatten().tolist())
+    assert losses["loss_ce"].item() == pytest.approx(
+        first["loss_ce"].item() + negatives / 2, rel=1e-5
+    )
+    sum(crit.weighted(losses).values()).backward()
+    assert (
+        torch.isfinite(outputs["pred_logits"].grad).all()
+        and torch.isfinite(outputs["pred_boxes"].grad).all()
+    )
+
+    # no targets anywhere: num_boxes clamps to 1, box losses are 0
+    none = crit({k: v.detach() for k, v in outputs.items()}, [targets[1], targets[1]])
+    assert none["loss_bbox"].item() == 0.0 and none["loss_giou"].item() == 0.0
+    all_neg = sum(_focal_by_hand(x, 0) for x in outputs["pred_logits"].flatten().tolist())
+    assert none["loss_ce"].item() == pytest.approx(all_neg, rel=1e-5)
+
+
+def test_num_boxes_is_averaged_over_processes(monkeypatch):
+    """World size 2, the other process holds 7 boxes: num_boxes = (3 + 7) / 2."""
+    monkeypatch.setattr(criterion_module.comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: t.add_(7))
+    targets = [{"labels": torch.zeros(3, dtype=torch.int64), "boxes": torch.full((3, 4), 0.5)}]
+    assert _criterion(1).get_num_boxes(targets, torch.device("cpu")) == pytest.approx(5.0)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: t.add_(0))
+    assert _criterion(1).get_num_boxes(targets[:0], torch.device("cpu")) == 1.0
+
+
+def test_subclass_adds_a_final_layer_loss():
+    class WithCount(SetCriterion):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.loss_map["count"] = self.loss_count
+
+        def loss_count(self, outputs, targets, indices, num_boxes):
+            return {"loss_count": torch.tensor(float(sum(len(p) for p, _ in indices)))}
+
+    gen = torch.Generator().manual_seed(4)
+    outputs, targets = _random_batch(gen, 2, 4, 2, [1, 3])
+    outputs["aux_outputs"] = [_random_batch(gen, 2, 4, 2, [])[0]]
+    weights = build_weight_dict(2, 5, 2, num_aux=1, two_stage=False, extra={"loss_count": 0.5})
+    crit = WithCount(
+        2,
+        HungarianMatcher(),
+        weights,
+        losses=("labels", "boxes", "count"),
+        aux_losses=("labels", "boxes"),
+    )
+    losses = crit(outputs, targets)
+    assert losses["loss_count"].item() == 4.0 and "loss_count_0" not in losses
+    assert crit.weighted(losses)["loss_count"].item() == 2.0
+    with pytest.raises(ValueError, match="unknown loss"):
+        crit.get_loss("masks", outputs, targets, [], 1.0)
+    with pytest.raises(ValueError, match="unknown losses"):
+        SetCriterion(2, HungarianMatcher(), weights, losses=("labels", "count"))(outputs, targets)
+
+
+def test_build_weight_dict_and_weighted():
+    w = build_weight_dict(2.0, 5.0, 1.5, num_aux=2, two_stage=True, extra={"loss_embed": 1.0})
+    assert w == {
+        "loss_ce": 2.0,
+        "loss_bbox": 5.0,
+        "loss_giou": 1.5,
+        "loss_ce_0": 2.0,
+        "loss_bbox_0": 5.0,
+        "loss_giou_0": 1.5,
+        "loss_ce_1": 2.0,
+        "loss_bbox_1": 5.0,
+        "loss_giou_1": 1.5,
+        "loss_ce_enc": 2.0,
+        "loss_bbox_enc": 5.0,
+        "loss_giou_enc": 1.5,
+        "loss_embed": 1.0,
+    }
+    crit = SetCriterion(1, HungarianMatcher(), {"loss_ce": 2.0})
+    out = crit.weighted({"loss_ce": torch.tensor(3.0), "loss_other": torch.tensor(1.0)})
+    assert set(out) == {"loss_ce"} and out["loss_ce"].item() == 6.0
+    with pytest.raises(ValueError, match="num_aux"):
+        build_weight_dict(1, 1, 1, num_aux=-1, two_stage=False)
+    with pytest.raises(ValueError, match="override"):
+        build_weight_dict(1, 1, 1, num_aux=0, two_stage=False, extra={"loss_ce": 3.0})
+
+
+def test_class_count_mismatch_is_an_error():
+    outputs = {"pred_logits": torch.zeros(1, 2, 3), "pred_boxes": torch.full((1, 2, 4), 0.5)}
+    with pytest.raises(ValueError, match="classes"):
+        _criterion(2)(outputs, [{"labels": torch.tensor([0]), "boxes": torch.full((1, 4), 0.5)}])
+
+
+def test_box_ops_conversions():
+    norm = torch.tensor([[0.5, 0.25, 0.2, 0.5]])
+    # image 100 high, 200 wide: cx 100, cy 25, w 40, h 50
+    absolute = box_cxcywh_norm_to_xyxy_abs(norm, (100, 200))
+    torch.testing.assert_close(absolute, torch.tensor([[80.0, 0.0, 120.0, 50.0]]))
+    torch.testing.assert_close(box_xyxy_abs_to_cxcywh_norm(absolute, (100, 200)), norm)
+    batched = torch.rand(2, 3, 4)
+    torch.testing.assert_close(
+        box_xyxy_abs_to_cxcywh_norm(box_cxcywh_norm_to_xyxy_abs(batched, (64, 48)), (64, 48)),
+        batched,
+    )
+    with pytest.raises(ValueError, match="positive"):
+        box_cxcywh_norm_to_xyxy_abs(norm, (0, 10))
+    with pytest.raises(ValueError, match=r"\(\.\.\., 4\)"):
+        box_xyxy_abs_to_cxcywh_norm(torch.zeros(2, 5), (10, 10))
