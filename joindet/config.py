@@ -43,12 +43,51 @@ def add_joindet_config(cfg):
     _C.MODEL.DEFORMABLE_DETR.NUM_DETECTIONS = 100  # detections kept per image at inference
     _C.MODEL.DEFORMABLE_DETR.SIZE_DIVISIBILITY = 32  # pad batched images to a multiple of this
 
+    _C.MODEL.WEIGHTS_NON_STRICT = False  # load a MODEL.WEIGHTS that does not fit (mismatched keys skipped)
+
     # ---------------------------------------------------------------- solver
     _C.SOLVER.OPTIMIZER = "ADAMW"  # ADAMW or SGD
     _C.SOLVER.BACKBONE_MULTIPLIER = 0.1  # lr factor of the backbone (when it trains)
     _C.SOLVER.LINEAR_PROJ_MULTIPLIER = 0.1  # lr factor of sampling offsets and reference points
     _C.SOLVER.EPOCHS = 0.0  # > 0: MAX_ITER = EPOCHS epochs of the training set (see resolve_epochs)
     _C.SOLVER.STEP_EPOCHS = ()  # with EPOCHS > 0: lr drops at these epochs (replace SOLVER.STEPS)
+
+    # ---------------------------------------------------------------- JoinDet pretraining
+    _C.JOINDET = CN()
+    _C.JOINDET.EMBED_DIM = 2048  # object-embedding size = channels of the embedding encoder's res5 (R50: 2048)
+    _C.JOINDET.EMBED_LOSS_WEIGHT = 1.0  # weight of the L1 object-embedding loss (matched pairs only)
+    _C.JOINDET.EMBED_CROP_SIZE = 128  # priors are cropped from the image and resized to this square
+    _C.JOINDET.EMBED_ENCODER = "backbone"  # "backbone": the frozen detector backbone; "frozen_copy": a frozen copy
+    _C.JOINDET.PRIORS = CN()
+    _C.JOINDET.PRIORS.BANK_DIR = ""  # prior bank folder; "" = OUTPUT_DIR/prior_bank
+    _C.JOINDET.PRIORS.INIT_SOURCE = "ncut_backbone"  # version-0 source (PRIOR_SOURCE_REGISTRY name)
+    _C.JOINDET.PRIORS.TOPK = 30  # priors kept per image (K)
+    _C.JOINDET.PRIORS.MIN_SIDE = 128  # selective search: shorter side the image is resized to (DETReg)
+    _C.JOINDET.PRIORS.NUM_WORKERS = 2  # processes computing selective-search priors
+    _C.JOINDET.PRIORS.SEED = 0  # random-crop priors: seed
+    _C.JOINDET.PRIORS.EVAL_DATASET = ""  # dataset with boxes to score each prior version against ("" = none)
+    _C.JOINDET.NCUT = CN()
+    _C.JOINDET.NCUT.TAU = 0.2  # affinity threshold tau of Eq. 1 (cosine similarity)
+    _C.JOINDET.NCUT.EPS = 1e-5  # affinity below tau (keeps the graph connected)
+    _C.JOINDET.NCUT.NUM_ROUNDS = 3  # NCut rounds per image, found patches masked out (MaskCut)
+    _C.JOINDET.NCUT.NMS_THRESH = 0.7  # NMS over an image's priors before the top K
+    _C.JOINDET.NCUT.FEATURE_LEVEL = -1  # encoder level whose patch features are cut (index into the levels)
+    _C.JOINDET.NCUT.BACKBONE_FEATURE = "res4"  # backbone feature cut by the ncut_backbone source
+    _C.JOINDET.NCUT.BATCH_SIZE = 4  # images per batch when generating priors
+    _C.JOINDET.SMOOTH = CN()
+    _C.JOINDET.SMOOTH.MOMENTUM = 0.45  # m_s: weight of the precedent priors in the Box Smooth Module
+    _C.JOINDET.SMOOTH.IOU_THRESHOLD = 0.48  # clustering IoU threshold of the Box Smooth Module
+    _C.JOINDET.UPDATE_PERIOD = 10.0  # epochs between prior refreshes; 0 = fixed priors (DETReg-like)
+    _C.JOINDET.UPDATE_PERIOD_ITERS = 0  # > 0: refresh every this many iterations instead (tests, demos)
+    _C.JOINDET.LSJ = CN()
+    _C.JOINDET.LSJ.IMAGE_SIZE = 1024  # large-scale jitter output size (square crop, padded)
+    _C.JOINDET.LSJ.MIN_SCALE = 0.1  # ResizeScale lower bound
+    _C.JOINDET.LSJ.MAX_SCALE = 2.0  # ResizeScale upper bound
+    _C.JOINDET.LSJ.MIN_BOX_SIZE = 4.0  # priors smaller than this (pixels, after the crop) are dropped
+
+    # ---------------------------------------------------------------- datasets
+    _C.DATASETS.IMAGE_FOLDERS = ()  # unlabelled image folders to register, as "name=path" strings
+    _C.DATASETS.TRANSFER_DIR = ""  # low-data split files and VOC-as-COCO JSONs; "" = $JOINDET_CACHE/transfer
 
     # ---------------------------------------------------------------- built-in synthetic data
     _C.DATASETS.SYNTHETIC = CN()
@@ -92,6 +131,25 @@ def validate_config(cfg):
     _check(cfg.SOLVER.EPOCHS >= 0, f"SOLVER.EPOCHS must be >= 0, got {cfg.SOLVER.EPOCHS}")
     _check(cfg.SOLVER.IMS_PER_BATCH >= 1, f"SOLVER.IMS_PER_BATCH must be >= 1, got {cfg.SOLVER.IMS_PER_BATCH}")
     _check(cfg.SOLVER.BASE_LR > 0, f"SOLVER.BASE_LR must be > 0, got {cfg.SOLVER.BASE_LR}")
+    j = cfg.JOINDET
+    _check(0.0 <= j.SMOOTH.MOMENTUM <= 1.0, f"JOINDET.SMOOTH.MOMENTUM (m_s) must be in [0, 1], got {j.SMOOTH.MOMENTUM}")
+    _check(0.0 < j.SMOOTH.IOU_THRESHOLD < 1.0,
+           f"JOINDET.SMOOTH.IOU_THRESHOLD must be in (0, 1), got {j.SMOOTH.IOU_THRESHOLD}")
+    _check(-1.0 <= j.NCUT.TAU <= 1.0, f"JOINDET.NCUT.TAU must be in [-1, 1] (a cosine), got {j.NCUT.TAU}")
+    _check(j.NCUT.EPS > 0, f"JOINDET.NCUT.EPS must be > 0, got {j.NCUT.EPS}")
+    _check(j.NCUT.NUM_ROUNDS >= 1, f"JOINDET.NCUT.NUM_ROUNDS must be >= 1, got {j.NCUT.NUM_ROUNDS}")
+    _check(j.UPDATE_PERIOD >= 0, f"JOINDET.UPDATE_PERIOD must be >= 0 (0 = never), got {j.UPDATE_PERIOD}")
+    _check(j.UPDATE_PERIOD_ITERS >= 0, f"JOINDET.UPDATE_PERIOD_ITERS must be >= 0, got {j.UPDATE_PERIOD_ITERS}")
+    _check(j.PRIORS.TOPK >= 1, f"JOINDET.PRIORS.TOPK must be >= 1, got {j.PRIORS.TOPK}")
+    _check(j.EMBED_DIM >= 1, f"JOINDET.EMBED_DIM must be >= 1, got {j.EMBED_DIM}")
+    _check(j.EMBED_CROP_SIZE >= 16, f"JOINDET.EMBED_CROP_SIZE must be >= 16, got {j.EMBED_CROP_SIZE}")
+    _check(j.EMBED_ENCODER in ("backbone", "frozen_copy"),
+           f"JOINDET.EMBED_ENCODER must be 'backbone' or 'frozen_copy', got {j.EMBED_ENCODER!r}")
+    _check(0 < j.LSJ.MIN_SCALE <= j.LSJ.MAX_SCALE,
+           f"JOINDET.LSJ.MIN_SCALE/MAX_SCALE must satisfy 0 < min <= max, got {j.LSJ.MIN_SCALE}, {j.LSJ.MAX_SCALE}")
+    for entry in cfg.DATASETS.IMAGE_FOLDERS:
+        _check(isinstance(entry, str) and entry.count("=") >= 1 and entry.split("=", 1)[0] and entry.split("=", 1)[1],
+               f"DATASETS.IMAGE_FOLDERS entries must be 'name=path', got {entry!r}")
     s = cfg.DATASETS.SYNTHETIC
     _check(s.NUM_TRAIN >= 1 and s.NUM_VAL >= 1, "DATASETS.SYNTHETIC.NUM_TRAIN / NUM_VAL must be >= 1")
     _check(s.IMAGE_SIZE >= 32, f"DATASETS.SYNTHETIC.IMAGE_SIZE must be >= 32, got {s.IMAGE_SIZE}")
@@ -102,7 +160,8 @@ def resolve_epochs(cfg, num_images):
 
     With ``SOLVER.EPOCHS > 0``: one epoch is ``ceil(num_images / SOLVER.IMS_PER_BATCH)`` iterations
     (IMS_PER_BATCH is the total batch over all processes), ``SOLVER.MAX_ITER = EPOCHS * that`` and
-    ``SOLVER.STEPS`` = ``STEP_EPOCHS * that``. E.g. COCO train2017 (117,266 images with boxes), batch 32:
+    ``SOLVER.STEPS`` = ``STEP_EPOCHS * that``; ``JOINDET.UPDATE_PERIOD`` (epochs) becomes
+    ``JOINDET.UPDATE_PERIOD_ITERS`` unless that is set. E.g. COCO train2017 (117,266 images with boxes), batch 32:
     3,665 iterations per epoch, 50 epochs = 183,250 iterations, drop at epoch 40 = iteration 146,600.
     Returns the number of iterations per epoch. ``cfg`` must be mutable (called during set-up).
     """
@@ -112,4 +171,7 @@ def resolve_epochs(cfg, num_images):
     if cfg.SOLVER.EPOCHS > 0:
         cfg.SOLVER.MAX_ITER = max(1, int(round(cfg.SOLVER.EPOCHS * iters_per_epoch)))
         cfg.SOLVER.STEPS = tuple(int(round(e * iters_per_epoch)) for e in cfg.SOLVER.STEP_EPOCHS)
+    if cfg.JOINDET.UPDATE_PERIOD_ITERS == 0 and cfg.JOINDET.UPDATE_PERIOD > 0:
+        # prior refresh every UPDATE_PERIOD epochs (COCO, batch 32: 10 epochs = 36,650 iterations)
+        cfg.JOINDET.UPDATE_PERIOD_ITERS = max(1, int(round(cfg.JOINDET.UPDATE_PERIOD * iters_per_epoch)))
     return iters_per_epoch

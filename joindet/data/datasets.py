@@ -1,13 +1,17 @@
 """Dataset registration from the config: the built-in synthetic set, plus a clear error for unknown names."""
 from detectron2.data import DatasetCatalog
 
+from .image_folder import register_image_folder
 from .synthetic import register_synthetic
+from .transfer import register_transfer_datasets
 
 __all__ = ["register_datasets", "check_dataset_names"]
 
 
 def register_datasets(cfg):
-    """Register the datasets that depend on config values (the synthetic set's size and seed).
+    """Register the datasets that depend on config values: the synthetic set (its size and seed), the
+    unlabelled image folders of ``DATASETS.IMAGE_FOLDERS``, the seeded low-data subsets (COCO and synthetic
+    1% / 10%) and VOC 2007 test as a COCO-format set (``voc_2007_test_coco``).
 
     Detectron2's own built-ins (COCO, VOC, ... under ``$DETECTRON2_DATASETS``) are registered when
     ``detectron2.data`` is imported.
@@ -21,6 +25,12 @@ def register_datasets(cfg):
         image_size=s.IMAGE_SIZE,
         seed=s.SEED,
     )
+    for entry in cfg.DATASETS.IMAGE_FOLDERS:
+        name, folder = entry.split("=", 1)
+        register_image_folder(name.strip(), folder.strip())
+    # after the synthetic set: its low-data subsets follow its current settings
+    register_transfer_datasets(low_data_dir=cfg.DATASETS.TRANSFER_DIR or None,
+                               voc_json_dir=cfg.DATASETS.TRANSFER_DIR or None)
 
 
 def check_dataset_names(names, key):
@@ -28,7 +38,7 @@ def check_dataset_names(names, key):
     registered = set(DatasetCatalog.list())
     unknown = [n for n in names if n not in registered]
     if unknown:
-        joindet_names = sorted(n for n in registered if n.startswith("synth"))
+        joindet_names = sorted(n for n in registered if n.startswith("synth") or n.endswith(("pct", "_coco")))
         raise ValueError(
             f"Unknown dataset name(s) {unknown} in {key}. Built-in JoinDet datasets: {joindet_names}; "
             f"Detectron2's built-ins include coco_2017_train, coco_2017_val, voc_2007_trainval, voc_2012_trainval, "

@@ -1,17 +1,18 @@
 """What ``train_net.py`` runs in every process: config set-up, then training or evaluation."""
 import logging
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_setup
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..config import add_joindet_config, resolve_epochs, validate_config
 from ..data.datasets import check_dataset_names, register_datasets
-from .trainer import Trainer
+from .pretrain import JoinDetTrainer
+from .trainer import Trainer, build_checkpointer
 
-__all__ = ["setup", "main"]
+__all__ = ["setup", "main", "trainer_class"]
 
 logger = logging.getLogger("joindet")
 
@@ -27,12 +28,18 @@ def setup(args):
     register_datasets(cfg)
     check_dataset_names(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
     check_dataset_names(cfg.DATASETS.TEST, "DATASETS.TEST")
-    if cfg.SOLVER.EPOCHS > 0 and not args.eval_only:
+    if not args.eval_only:
         num_images = sum(len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TRAIN)
         resolve_epochs(cfg, num_images)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="joindet", abbrev_name="joindet")
     return cfg
+
+
+def trainer_class(cfg):
+    """JoinDetTrainer for pretraining (the JoinDet meta-architecture), else the supervised Trainer."""
+    return JoinDetTrainer if cfg.MODEL.META_ARCHITECTURE == "JoinDet" else Trainer
 
 
 def main(args):
@@ -42,12 +49,12 @@ def main(args):
         return lazy_main(args)
     cfg = setup(args)
     if args.eval_only:
-        model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        results = Trainer.test(cfg, model)
+        model = trainer_class(cfg).build_model(cfg)
+        build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = trainer_class(cfg).test(cfg, model)
         if comm.is_main_process():
             logger.info("Evaluation results: %s", results)
         return results
-    trainer = Trainer(cfg)
+    trainer = trainer_class(cfg)(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

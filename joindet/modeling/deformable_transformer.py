@@ -274,17 +274,13 @@ class DeformableTransformer(nn.Module):
         output = memory.masked_fill(invalid, 0.0)
         return self.enc_output_norm(self.enc_output(output)), proposals
 
-    def forward(self, srcs, masks, pos_embeds, query_embed=None):
-        """srcs, pos_embeds: lists of (N, d, H_l, W_l); masks: list of (N, H_l, W_l) bool (True = padding);
-        query_embed: (Q, 2d) learned queries (one-stage only).
+    def encode(self, srcs, masks, pos_embeds):
+        """Run the encoder. srcs, pos_embeds: lists of (N, d, H_l, W_l); masks: list of (N, H_l, W_l)
+        bool (True = padding).
 
-        Returns a dict with ``hs`` (layers, N, Q, d), ``init_reference`` (N, Q, 2 or 4),
-        ``inter_references`` (layers, N, Q, 2 or 4), ``memory`` (N, S, d), ``spatial_shapes`` (L, 2),
-        ``level_start_index`` (L,), ``padding_mask`` (N, S), and for two-stage ``enc_outputs_class``
-        (N, S, C) and ``enc_outputs_coord_unact`` (N, S, 4).
+        Returns a dict with ``memory`` (N, S, d), ``spatial_shapes`` (L, 2) int64, ``level_start_index``
+        (L,), ``padding_mask`` (N, S) bool and ``valid_ratios`` (N, L, 2).
         """
-        if not self.two_stage and query_embed is None:
-            raise ValueError("the one-stage transformer needs query_embed")
         src_flat, mask_flat, pos_flat, shapes = [], [], [], []
         for lvl, (src, mask, pos) in enumerate(zip(srcs, masks, pos_embeds)):
             shapes.append(src.shape[-2:])
@@ -299,17 +295,31 @@ class DeformableTransformer(nn.Module):
             (spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1])
         )
         valid_ratios = torch.stack([self.valid_ratios(m) for m in masks], 1)
-
         memory = self.encoder(
             src_flat, spatial_shapes, level_start_index, valid_ratios, pos_flat, mask_flat
         )
-
-        out = {
+        return {
             "memory": memory,
             "spatial_shapes": spatial_shapes,
             "level_start_index": level_start_index,
             "padding_mask": mask_flat,
+            "valid_ratios": valid_ratios,
         }
+
+    def forward(self, srcs, masks, pos_embeds, query_embed=None):
+        """srcs, pos_embeds: lists of (N, d, H_l, W_l); masks: list of (N, H_l, W_l) bool (True = padding);
+        query_embed: (Q, 2d) learned queries (one-stage only).
+
+        Returns :meth:`encode`'s dict plus ``hs`` (layers, N, Q, d), ``init_reference`` (N, Q, 2 or 4),
+        ``inter_references`` (layers, N, Q, 2 or 4), and for two-stage ``enc_outputs_class``
+        (N, S, C) and ``enc_outputs_coord_unact`` (N, S, 4).
+        """
+        if not self.two_stage and query_embed is None:
+            raise ValueError("the one-stage transformer needs query_embed")
+        out = self.encode(srcs, masks, pos_embeds)
+        memory, mask_flat = out["memory"], out["padding_mask"]
+        spatial_shapes, level_start_index = out["spatial_shapes"], out["level_start_index"]
+        valid_ratios = out["valid_ratios"]
         n = memory.shape[0]
         if self.two_stage:
             output_memory, proposals = self.encoder_proposals(memory, mask_flat, spatial_shapes)

@@ -1,0 +1,102 @@
+"""Dataset mapper for JoinDet pretraining: the image's current priors become the targets."""
+import copy
+
+import numpy as np
+import torch
+from torchvision.ops import roi_align
+
+from detectron2.config import configurable
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import Boxes, Instances
+
+__all__ = ["JoinDetDatasetMapper", "build_lsj_augmentation"]
+
+
+def build_lsj_augmentation(image_size, min_scale, max_scale, flip=True):
+    """Large-scale jitter (Ghiasi et al. 2021): resize by a random factor of ``image_size`` then a
+    random ``image_size`` crop (no padding here: Deformable DETR pads batches itself, with a mask)."""
+    augs = [
+        T.ResizeScale(min_scale=min_scale, max_scale=max_scale, target_height=image_size, target_width=image_size),
+        T.FixedSizeCrop(crop_size=(image_size, image_size), pad=False),
+    ]
+    if flip:
+        augs.append(T.RandomFlip(horizontal=True))
+    return augs
+
+
+def crop_priors(image, boxes, size):
+    """Crops of ``boxes`` from ``image`` resized to ``size`` x ``size`` (bilinear, ``roi_align``).
+
+    image: (3, H, W) uint8 tensor; boxes: (n, 4) float32 XYXY pixels. Returns (n, 3, size, size) uint8.
+    """
+    if boxes.shape[0] == 0:
+        return torch.zeros((0, 3, size, size), dtype=torch.uint8)
+    crops = roi_align(image[None].float(), [boxes.float()], output_size=size, spatial_scale=1.0,
+                      sampling_ratio=2, aligned=True)
+    return crops.round().clamp(0, 255).to(torch.uint8)
+
+
+class JoinDetDatasetMapper:
+    """Reads the image, looks up its priors in the active bank version, applies LSJ + flip to both,
+    drops priors that leave the crop (or shrink below ``min_box_size``), and adds:
+
+    - ``image``: (3, H, W) uint8 tensor in ``image_format``;
+    - ``instances``: ``gt_boxes`` (the priors, XYXY pixels of the augmented image), ``gt_classes`` zeros,
+      ``gt_scores`` (the priors' scores);
+    - ``prior_crops``: (n, 3, crop_size, crop_size) uint8, the priors cropped from the augmented image;
+    - ``prior_version``: the bank version the priors came from.
+    """
+
+    @configurable
+    def __init__(self, *, augmentations, image_format, active_priors, crop_size=128, min_box_size=4.0):
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.active_priors = active_priors
+        self.crop_size = crop_size
+        self.min_box_size = min_box_size
+
+    @classmethod
+    def from_config(cls, cfg, active_priors):
+        lsj = cfg.JOINDET.LSJ
+        return {
+            "augmentations": build_lsj_augmentation(lsj.IMAGE_SIZE, lsj.MIN_SCALE, lsj.MAX_SCALE,
+                                                    flip=cfg.INPUT.RANDOM_FLIP != "none"),
+            "image_format": cfg.INPUT.FORMAT,
+            "active_priors": active_priors,
+            "crop_size": cfg.JOINDET.EMBED_CROP_SIZE,
+            "min_box_size": cfg.JOINDET.LSJ.MIN_BOX_SIZE,
+        }
+
+    def __call__(self, dataset_dict):
+        d = copy.deepcopy(dataset_dict)
+        try:
+            image = utils.read_image(d["file_name"], format=self.image_format)
+            utils.check_image_size(d, image)
+        except Exception as e:
+            raise RuntimeError(f"Cannot load image {d.get('file_name')!r} (image_id {d.get('image_id')}): "
+                               f"{type(e).__name__}: {e}") from e
+        priors = self.active_priors.current()
+        boxes, scores = priors.get(d["image_id"])
+        aug_input = T.AugInput(image, boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+        self.augmentations(aug_input)
+        image = aug_input.image
+        h, w = image.shape[:2]
+        boxes = torch.as_tensor(aug_input.boxes, dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        keep = ((boxes[:, 2] - boxes[:, 0]) >= self.min_box_size) & ((boxes[:, 3] - boxes[:, 1]) >= self.min_box_size)
+        boxes = boxes[keep]
+        scores = torch.as_tensor(np.asarray(scores, dtype=np.float32))[keep]
+
+        image_t = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        instances = Instances((h, w))
+        instances.gt_boxes = Boxes(boxes)
+        instances.gt_classes = torch.zeros(len(boxes), dtype=torch.int64)
+        instances.gt_scores = scores
+        d["image"] = image_t
+        d["instances"] = instances
+        d["prior_crops"] = crop_priors(image_t, boxes, self.crop_size)
+        d["prior_version"] = priors.version
+        d.pop("annotations", None)
+        return d

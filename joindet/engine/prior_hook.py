@@ -1,0 +1,166 @@
+"""The hook that creates version 0 of the priors and refreshes them every ``period`` iterations."""
+import json
+import logging
+import time
+
+import numpy as np
+
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+
+from ..evaluation.prior_quality import evaluate_priors, format_prior_quality_table
+from ..priors.box_smooth import mean_best_iou, smooth_priors
+from ..priors.generation import gather_priors, generate_ncut_priors, shard
+from ..priors.sources import prior_source_name, version0_cache_key
+
+__all__ = ["PriorRefreshHook", "unwrap_model"]
+
+logger = logging.getLogger("joindet")
+
+
+def unwrap_model(model):
+    """The module inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+class PriorRefreshHook(HookBase):
+    """Keeps the prior bank and the data loader's supervision up to date.
+
+    - ``before_train``: unless a checkpoint restored the version in use, make sure version 0 exists
+      (computed by ``init_source``, or reused when the bank holds version 0 of the same settings).
+    - every ``period`` iterations (0 = never): NCut priors from the encoder's patch features of every
+      image (each process its shard), smoothed with the version in use by the Box Smooth Module (an image
+      on which NCut finds nothing keeps its priors), gathered, written as the next version by the main
+      process, then made active in every process (and so in their data-loader workers).
+    - the version in use is part of the checkpoint (``state_dict``), so a resumed run continues with
+      exactly the supervision it had.
+    - statistics of each version go to the event storage (``priors/*``); with ``eval_dicts`` (a dataset
+      with boxes for the same image ids) the prior quality too, and a table in the log.
+    """
+
+    def __init__(self, *, active_priors, dataset_dicts, dataset_name, init_source, mapper, period, feature_level=-1,
+                 batch_size=4, ncut_kwargs=None, momentum=0.45, iou_threshold=0.48, topk=30, eval_dicts=None,
+                 stats_sample=2000):
+        self.active = active_priors
+        self.dataset_dicts = list(dataset_dicts)
+        self.dataset_name = dataset_name
+        self.init_source = init_source
+        self.mapper = mapper
+        self.period = int(period)
+        self.feature_level = feature_level
+        self.batch_size = batch_size
+        self.ncut_kwargs = dict(ncut_kwargs or {}, topk=topk)
+        self.momentum = momentum
+        self.iou_threshold = iou_threshold
+        self.topk = topk
+        self.eval_dicts = eval_dicts
+        self.stats_sample = stats_sample
+        self.quality = []  # [(label, metrics dict)] of every version evaluated in this run
+
+    # ------------------------------------------------------------------ checkpointed state
+    def state_dict(self):
+        return {"version": int(self.active.version)}
+
+    def load_state_dict(self, state):
+        version = int(state["version"])
+        if version >= 0:
+            self.active.set_version(version)  # FileNotFoundError when the bank lost that version
+            logger.info("Resumed with prior bank version %d (%s)", version, self.active.bank.root)
+
+    # ------------------------------------------------------------------ hook
+    def before_train(self):
+        if self.active.version < 0:
+            self._ensure_version0()
+        self._log_version(self.active.current(), previous=None)
+
+    def after_step(self):
+        next_iter = self.trainer.iter + 1
+        if self.period > 0 and next_iter % self.period == 0 and next_iter < self.trainer.max_iter:
+            self.refresh()
+
+    # ------------------------------------------------------------------ work
+    def _ensure_version0(self):
+        bank = self.active.bank
+        key = json.loads(json.dumps(version0_cache_key(self.init_source, self.dataset_dicts, self.dataset_name)))
+        if 0 in bank.versions():
+            stored = bank.read(0).meta.get("info", {}).get("source_key")
+            if stored != key:
+                raise ValueError(f"The prior bank {bank.root} holds a version 0 made with other settings "
+                                 f"({stored}) than this run's ({key}). Use another JOINDET.PRIORS.BANK_DIR "
+                                 f"or remove that folder.")
+            logger.info("Reusing version 0 of the prior bank %s (%s)", bank.root, key["source"])
+        else:
+            start = time.perf_counter()
+            local = shard(self.dataset_dicts)
+            results = self.init_source(local, model=unwrap_model(self.trainer.model))
+            priors = gather_priors({d["image_id"]: r for d, r in zip(local, results)})
+            if comm.is_main_process():
+                self._write(0, priors, {"source_key": key, "source": prior_source_name(self.init_source)})
+            comm.synchronize()
+            logger.info("Prior bank version 0 (%s): %d images in %.1f s", prior_source_name(self.init_source),
+                        len(priors), time.perf_counter() - start)
+        self.active.set_version(0)
+
+    def _write(self, version, priors, info):
+        ids = sorted(priors)
+        overwrite = version in self.active.bank.versions()
+        if overwrite:
+            logger.warning("Prior bank version %d exists from an earlier, unfinished run: replacing it", version)
+        self.active.bank.write_version(version, ids, [priors[i][0] for i in ids], [priors[i][1] for i in ids],
+                                       info=info, overwrite=overwrite)
+
+    def refresh(self):
+        """Generate, smooth and publish the next prior version (every process takes part)."""
+        start = time.perf_counter()
+        model = unwrap_model(self.trainer.model)
+        previous = self.active.current()
+        local = shard(self.dataset_dicts)
+        current = generate_ncut_priors(
+            model, local, self.mapper, lambda m, batch: m.encoder_patch_features(batch, self.feature_level),
+            batch_size=self.batch_size, **self.ncut_kwargs)
+        smoothed, kept = {}, 0
+        for d in local:
+            image_id = d["image_id"]
+            old_boxes, old_scores = previous.get(image_id)
+            new_boxes, new_scores = current[image_id]
+            if len(new_boxes) == 0:
+                smoothed[image_id] = (old_boxes, old_scores)
+                kept += 1
+            else:
+                smoothed[image_id] = smooth_priors(old_boxes, old_scores, new_boxes, new_scores,
+                                                   momentum=self.momentum, iou_threshold=self.iou_threshold,
+                                                   topk=self.topk)
+        priors = gather_priors(smoothed)
+        kept = sum(comm.all_gather(kept))
+        version = previous.version + 1
+        if comm.is_main_process():
+            self._write(version, priors, {"source": "ncut_encoder", "iteration": self.trainer.iter + 1,
+                                          "momentum": self.momentum, "iou_threshold": self.iou_threshold,
+                                          "images_kept_previous": kept})
+        comm.synchronize()
+        self.active.set_version(version)
+        logger.info("Prior bank version %d at iteration %d: %.1f s, %d images where NCut found nothing kept "
+                    "their priors", version, self.trainer.iter + 1, time.perf_counter() - start, kept)
+        self._log_version(self.active.current(), previous=previous)
+
+    def _log_version(self, version, previous):
+        if not comm.is_main_process():
+            return
+        storage = self.trainer.storage
+        per_image = version.boxes_per_image()
+        stats = {"version": version.version, "per_image": float(per_image.mean()) if len(per_image) else 0.0,
+                 "mean_score": float(version.mean_score())}
+        if previous is not None:
+            ids = np.asarray(version.image_ids)[: self.stats_sample]
+            stats["mean_iou_prev"] = float(np.mean([mean_best_iou(version.get(i)[0], previous.get(i)[0])
+                                                    for i in ids])) if len(ids) else 0.0
+        if self.eval_dicts:
+            metrics = evaluate_priors(version, self.eval_dicts)
+            self.quality.append((f"v{version.version}", metrics))
+            stats.update({k: v for k, v in metrics.items() if k in ("AR@1", "AR@10", "AR@30", "AR@100", "R50@30",
+                                                                     "AP", "AP50", "CorLoc")})
+            logger.info("Prior quality per version (against %d annotated images):\n%s", len(self.eval_dicts),
+                        format_prior_quality_table(self.quality))
+        for k, v in stats.items():
+            storage.put_scalar(f"priors/{k}", v, smoothing_hint=False)
+        logger.info("Prior bank version %d: %s", version.version, json.dumps({k: round(v, 4) for k, v in stats.items()}))

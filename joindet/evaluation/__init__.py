@@ -1,0 +1,4 @@
+"""Evaluation beyond Detectron2's COCOEvaluator: the quality of object priors."""
+from .prior_quality import evaluate_priors, format_prior_quality_table
+
+__all__ = ["evaluate_priors", "format_prior_quality_table"]

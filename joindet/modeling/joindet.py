@@ -1,0 +1,165 @@
+"""JoinDet's pretraining model: Deformable DETR with a class-agnostic objectness head and an
+object-embedding head, supervised by object priors (pseudo boxes)."""
+import copy
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+
+from .criterion import SetCriterion, build_weight_dict
+from .deformable_detr import DeformableDETR
+from .matcher import HungarianMatcher
+from .utils import MLP
+
+__all__ = ["JoinDet", "ObjectEmbeddingCriterion", "PRETRAIN_ONLY_PREFIXES"]
+
+# Parameters that exist only for pretraining: dropped when a JoinDet checkpoint is fine-tuned.
+PRETRAIN_ONLY_PREFIXES = ("class_embed.", "embed_head.", "embed_encoder.", "transformer.decoder.class_embed.")
+
+
+class ObjectEmbeddingCriterion(SetCriterion):
+    """SetCriterion plus ``loss_embed``: L1 between the predicted embedding of each matched query and
+    the embedding of its prior's crop (mean over the embedding dimension, summed over matched pairs,
+    divided by the number of priors). Final decoder layer only; not part of the matching cost."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, losses=("labels", "boxes", "embed"), aux_losses=("labels", "boxes"), **kwargs)
+        self.loss_map["embed"] = self.loss_embed
+
+    def loss_embed(self, outputs, targets, indices, num_boxes):
+        batch_idx, src_idx = self._matched(indices)
+        pred = outputs["pred_embed"][batch_idx, src_idx]
+        target = torch.cat([t["embeddings"][j] for t, (_, j) in zip(targets, indices)], dim=0)
+        loss = F.l1_loss(pred, target.to(pred.dtype), reduction="none").mean(-1).sum() / num_boxes
+        return {"loss_embed": loss}
+
+
+@META_ARCH_REGISTRY.register()
+class JoinDet(DeformableDETR):
+    """Deformable DETR for unsupervised pretraining.
+
+    Training inputs carry the priors as ``instances.gt_boxes`` (every prior is class 0, "object") and
+    their crops as ``prior_crops`` (n, 3, S, S) uint8 in the input format, aligned with the instances.
+    Extra output: ``pred_embed`` (N, Q, E). The embedding targets come from ``embed_encoder`` (frozen,
+    eval mode, no gradient): global-average-pooled ``res5`` of the crops. With ``embed_encoder="backbone"``
+    it is the detector's own (frozen) backbone — the paper's "same SwAV encoder"; ``"frozen_copy"`` keeps a
+    separate frozen copy, for set-ups where the backbone trains (the mini configs: no pretrained weights).
+    """
+
+    @configurable
+    def __init__(self, *, embed_dim, embed_encoder="backbone", **kwargs):
+        super().__init__(**kwargs)
+        d_model = self.transformer.d_model
+        self.embed_head = MLP(d_model, d_model, embed_dim, 2)
+        if embed_encoder == "frozen_copy":
+            self.embed_encoder = copy.deepcopy(self.backbone)
+            self.embed_encoder.requires_grad_(False)
+        elif embed_encoder != "backbone":
+            raise ValueError(f"embed_encoder must be 'backbone' or 'frozen_copy', got {embed_encoder!r}")
+        else:
+            self.embed_encoder = None
+        shapes = self._encoder().output_shape()
+        if "res5" not in shapes:
+            raise ValueError("JoinDet's object embedding needs the backbone to output 'res5': add it to "
+                             "MODEL.RESNETS.OUT_FEATURES")
+        if shapes["res5"].channels != embed_dim:
+            raise ValueError(f"JOINDET.EMBED_DIM ({embed_dim}) must equal the embedding encoder's res5 channels "
+                             f"({shapes['res5'].channels})")
+
+    @classmethod
+    def from_config(cls, cfg):
+        args = super().from_config(cfg)
+        args["num_classes"] = 1  # class-agnostic objectness
+        args["criterion"] = cls.build_criterion(cfg)
+        args["embed_dim"] = cfg.JOINDET.EMBED_DIM
+        args["embed_encoder"] = cfg.JOINDET.EMBED_ENCODER
+        return args
+
+    @classmethod
+    def build_criterion(cls, cfg, extra_weights=None):
+        d = cfg.MODEL.DEFORMABLE_DETR
+        matcher = HungarianMatcher(cost_class=d.COST_CLASS, cost_bbox=d.COST_BBOX, cost_giou=d.COST_GIOU,
+                                   focal_alpha=d.FOCAL_ALPHA, focal_gamma=d.FOCAL_GAMMA)
+        weight_dict = build_weight_dict(d.CLASS_WEIGHT, d.L1_WEIGHT, d.GIOU_WEIGHT,
+                                        num_aux=d.DEC_LAYERS - 1 if d.DEEP_SUPERVISION else 0,
+                                        two_stage=d.TWO_STAGE,
+                                        extra={"loss_embed": cfg.JOINDET.EMBED_LOSS_WEIGHT})
+        return ObjectEmbeddingCriterion(1, matcher, weight_dict, focal_alpha=d.FOCAL_ALPHA,
+                                        focal_gamma=d.FOCAL_GAMMA)
+
+    def _encoder(self):
+        return self.backbone if self.embed_encoder is None else self.embed_encoder
+
+    def sync_embed_encoder(self):
+        """Copy the backbone's current weights into the frozen copy (after loading initial weights)."""
+        if self.embed_encoder is not None:
+            self.embed_encoder.load_state_dict(self.backbone.state_dict())
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.embed_encoder is not None:
+            self.embed_encoder.eval()  # frozen: BatchNorm statistics never update
+        return self
+
+    @torch.no_grad()
+    def crop_embeddings(self, crops):
+        """crops: (n, 3, S, S) uint8 in the input format. Returns (n, E) pooled res5 features."""
+        if crops.shape[0] == 0:
+            return crops.new_zeros((0, self.embed_head.layers[-1].out_features), dtype=torch.float32)
+        encoder = self._encoder()
+        was_training = encoder.training
+        encoder.eval()
+        x = (crops.to(self.device).float() - self.pixel_mean) / self.pixel_std
+        feats = encoder(x)["res5"].mean(dim=(2, 3))
+        encoder.train(was_training)
+        return feats
+
+    def forward_outputs(self, images, mask):
+        out = super().forward_outputs(images, mask)
+        out["pred_embed"] = self.embed_head(out["hs"][-1])
+        return out
+
+    def prepare_targets(self, batched_inputs, image_sizes):
+        targets = super().prepare_targets(batched_inputs, image_sizes)
+        for t, x in zip(targets, batched_inputs):
+            t["labels"] = torch.zeros_like(t["labels"])
+            crops = x["prior_crops"]
+            if crops.shape[0] != t["boxes"].shape[0]:
+                raise ValueError(f"{crops.shape[0]} prior crops for {t['boxes'].shape[0]} priors "
+                                 f"(image {x.get('file_name')})")
+            t["embeddings"] = self.crop_embeddings(crops)
+        return targets
+
+    @torch.no_grad()
+    def encoder_patch_features(self, batched_inputs, level=-1):
+        """Encoder output of one feature level, for the eigen attention map.
+
+        Returns features (N, h, w, d), valid mask (N, h, w) bool (True on real patches, False on
+        padding) and the resized image sizes [(H, W)] the patches cover.
+        """
+        images, mask = self.preprocess_image(batched_inputs)
+        srcs, masks, pos = self.encode_features(images, mask)
+        enc = self.transformer.encode(srcs, masks, pos)
+        num_levels = len(srcs)
+        lvl = level % num_levels
+        h, w = enc["spatial_shapes"][lvl].tolist()
+        start = int(enc["level_start_index"][lvl])
+        n = enc["memory"].shape[0]
+        feats = enc["memory"][:, start:start + h * w].reshape(n, h, w, -1)
+        valid = ~enc["padding_mask"][:, start:start + h * w].reshape(n, h, w)
+        return feats, valid, images.image_sizes
+
+    @torch.no_grad()
+    def backbone_patch_features(self, batched_inputs, name="res4"):
+        """Backbone feature ``name`` as (N, h, w, C) with its valid mask (N, h, w) and the image sizes."""
+        images, mask = self.preprocess_image(batched_inputs)
+        feats = self.backbone(images.tensor)
+        if name not in feats:
+            raise ValueError(f"backbone feature {name!r} not available (have {sorted(feats)}); "
+                             f"set MODEL.RESNETS.OUT_FEATURES")
+        f = feats[name]
+        valid = ~F.interpolate(mask[None].float(), size=f.shape[-2:]).to(torch.bool)[0]
+        return f.permute(0, 2, 3, 1), valid, images.image_sizes

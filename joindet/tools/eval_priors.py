@@ -1,0 +1,125 @@
+"""
+Score the versions of a prior bank against a labelled dataset's boxes (class-agnostic AR, AP,
+CorLoc) and print a Markdown table, one row per version::
+
+    python -m joindet.tools.eval_priors --bank output/prior_bank --dataset synth_train
+    python -m joindet.tools.eval_priors --bank output/prior_bank --versions 0 2 --dataset synth_train \\
+        --synthetic-num-train 60 --synthetic-image-size 256 --json prior_quality.json
+
+The built-in synthetic datasets are registered with the given sizes (they must match the run
+that wrote the bank, so the image ids agree); Detectron2's built-ins (COCO, VOC) are available
+under ``$DETECTRON2_DATASETS``. Priors are usually generated on an unlabelled view such as
+``synth_train_unlabeled``: evaluate against its labelled counterpart (``synth_train``), which has
+the same image ids.
+"""
+import argparse
+import json
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from joindet.data.datasets import check_dataset_names
+from joindet.data.synthetic import register_synthetic
+from joindet.evaluation.prior_quality import evaluate_priors, format_prior_quality_table
+from joindet.priors.bank import PriorBank
+
+__all__ = ["build_parser", "evaluate_bank", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m joindet.tools.eval_priors",
+        description="Class-agnostic recall / precision / CorLoc of each prior-bank version.",
+    )
+    parser.add_argument("--bank", required=True, help="prior bank folder (holds v0000/, v0001/, ...)")
+    parser.add_argument(
+        "--versions", nargs="+", default=["all"], metavar="V",
+        help="versions to evaluate (integers), or 'all' (default)",
+    )
+    parser.add_argument("--dataset", required=True, help="registered dataset with boxes, e.g. synth_train")
+    parser.add_argument(
+        "--max-dets", nargs="+", type=int, default=[1, 10, 30, 100], metavar="K",
+        help="priors per image at which recall is measured (AP uses the largest)",
+    )
+    parser.add_argument("--json", default="", help="also write the results to this JSON file")
+    synth = parser.add_argument_group("synthetic dataset (must match the run that wrote the bank)")
+    synth.add_argument("--synthetic-root", default="", help="cache folder ('' = the default cache)")
+    synth.add_argument("--synthetic-num-train", type=int, default=400, help="images in synth_train")
+    synth.add_argument("--synthetic-num-val", type=int, default=100, help="images in synth_val")
+    synth.add_argument("--synthetic-image-size", type=int, default=256, help="side of the synthetic images")
+    synth.add_argument("--synthetic-seed", type=int, default=0, help="synthetic generator seed")
+    return parser
+
+
+def _parse_versions(values: Sequence[str], bank: PriorBank) -> List[int]:
+    present = bank.versions()
+    if not present:
+        raise ValueError(f"prior bank {bank.root} holds no complete version")
+    if [v.lower() for v in values] == ["all"]:
+        return present
+    versions = []
+    for v in values:
+        try:
+            versions.append(int(v))
+        except ValueError:
+            raise ValueError(f"--versions takes integers or 'all', got {v!r}") from None
+    absent = [v for v in versions if v not in present]
+    if absent:
+        raise ValueError(f"version(s) {absent} not in prior bank {bank.root} (present: {present})")
+    return versions
+
+
+def _labelled_dicts(name: str) -> List[dict]:
+    check_dataset_names([name], "--dataset")
+    dicts = DatasetCatalog.get(name)
+    if not any("annotations" in d for d in dicts):
+        labelled = MetadataCatalog.get(name).get("labeled_dataset")
+        hint = f"; use its labelled counterpart '{labelled}'" if labelled else ""
+        raise ValueError(f"dataset '{name}' has no annotations, so priors cannot be scored against it{hint}")
+    return dicts
+
+
+def evaluate_bank(
+    bank_dir: str, versions: Sequence[str], dataset: str, max_dets: Sequence[int] = (1, 10, 30, 100)
+) -> List[Tuple[str, dict]]:
+    """Evaluate the chosen versions (integers as strings, or ["all"]) of a bank against a
+    registered dataset; returns [("v<version>", evaluate_priors result), ...]."""
+    bank = PriorBank(bank_dir)
+    chosen = _parse_versions(versions, bank)
+    dicts = _labelled_dicts(dataset)
+    return [(f"v{v}", evaluate_priors(bank.read(v), dicts, max_dets=max_dets)) for v in chosen]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[Tuple[str, dict]]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        register_synthetic(
+            name_prefix="synth",
+            root=args.synthetic_root or None,
+            num_train=args.synthetic_num_train,
+            num_val=args.synthetic_num_val,
+            image_size=args.synthetic_image_size,
+            seed=args.synthetic_seed,
+        )
+        rows = evaluate_bank(args.bank, args.versions, args.dataset, args.max_dets)
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(str(e))
+    print(f"Prior quality on '{args.dataset}' (class-agnostic, percent):\n")
+    print(format_prior_quality_table(rows))
+    for label, result in rows:
+        if result["missing_images"]:
+            print(
+                f"note: {label} lacks {result['missing_images']} of the {result['num_images']} images "
+                "(scored as having no priors)",
+                file=sys.stderr,
+            )
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({label: result for label, result in rows}, f, indent=2, sort_keys=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+# A small Deformable DETR trained from scratch on the built-in synthetic shapes, sized for a 2-core CPU
+# -- the LazyConfig twin of configs/mini/deformable_detr_synth.yaml: R18 with trainable BatchNorm (no
+# pretrained weights exist here; FrozenBN with random weights is an identity), nothing frozen, 3 levels
+# (res3-res5), d 128, 8 heads, 3+3 layers, FFN 512, 50 queries, 6 classes, 256 px, batch 8,
+# AdamW 2e-4 for every parameter, 400 iterations.
+#
+#   python train_net.py --config-file projects/JoinDet/configs/mini_deformable_detr_synth.py
+from .common.data.synthetic import dataloader
+from .common.models.deformable_detr import model
+from .common.optim import AdamW as optimizer
+from .common.schedule import step_lr_multiplier
+from .common.train import train
+
+model.backbone.stem.norm = "BN"
+model.backbone.stages.depth = 18
+model.backbone.stages.norm = "BN"
+del model.backbone.stages.stride_in_1x1  # R18's BasicBlock has no bottleneck stride option
+model.backbone.freeze_at = 0
+model.transformer.num_feature_levels = 3
+model.transformer.d_model = 128
+model.transformer.nhead = 8
+model.transformer.num_encoder_layers = 3
+model.transformer.num_decoder_layers = 3
+model.transformer.dim_feedforward = 512
+model.criterion.weight_dict.num_aux = 2  # num_decoder_layers - 1
+model.num_queries = 50
+model.num_classes = 6  # joindet.data.synthetic.SHAPE_CLASSES
+
+optimizer.params.backbone_multiplier = 1.0
+optimizer.params.linear_proj_multiplier = 1.0
+
+# 400 iterations at batch 8 = 8 epochs of the 400 training images; constant lr.
+train.max_iter = 400
+lr_multiplier = step_lr_multiplier(total_iters=400)
+
+train.output_dir = "output/mini_deformable_detr_synth"
+train.checkpointer.period = 100000  # only model_final
+train.eval_period = 0  # evaluate at the end
+train.device = "cpu"

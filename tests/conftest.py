@@ -1,0 +1,134 @@
+"""Shared fixtures of the integration tests: a tiny synthetic dataset cached once per session
+(under ``$JOINDET_CACHE``), yacs configs built from ``configs/mini/deformable_detr_synth.yaml``
+with tiny overrides, and batches of mapped synthetic images."""
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
+
+from joindet.config import add_joindet_config, validate_config
+from joindet.data.datasets import register_datasets
+from joindet.data.mapper import DetrDatasetMapper
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MINI_CONFIG = REPO_ROOT / "configs" / "mini" / "deformable_detr_synth.yaml"
+COCO_CONFIG = REPO_ROOT / "configs" / "deformable_detr_r50_coco.yaml"
+
+TINY_IMAGE_SIZE = 64
+
+# Dataset, input, loader and schedule overrides shared by every tiny run (strings, so that the same
+# list serves merge_from_list and a train_net.py command line).
+TINY_DATA_OPTS = [
+    "DATASETS.TRAIN", "('synth_train',)",
+    "DATASETS.TEST", "('synth_val',)",
+    "DATASETS.SYNTHETIC.NUM_TRAIN", "8",
+    "DATASETS.SYNTHETIC.NUM_VAL", "4",
+    "DATASETS.SYNTHETIC.IMAGE_SIZE", str(TINY_IMAGE_SIZE),
+    "INPUT.MIN_SIZE_TRAIN", f"({TINY_IMAGE_SIZE},)",
+    "INPUT.MAX_SIZE_TRAIN", str(TINY_IMAGE_SIZE),
+    "INPUT.MIN_SIZE_TEST", str(TINY_IMAGE_SIZE),
+    "INPUT.MAX_SIZE_TEST", str(TINY_IMAGE_SIZE),
+    "MODEL.DEVICE", "cpu",
+    "DATALOADER.NUM_WORKERS", "0",
+    "SOLVER.IMS_PER_BATCH", "2",
+    "SOLVER.MAX_ITER", "2",
+    "SOLVER.EPOCHS", "0.0",
+    "SOLVER.CHECKPOINT_PERIOD", "100000",
+    "TEST.EVAL_PERIOD", "0",
+]
+
+# The tiny model of the model tests: d 64, 2+2 layers, 10 queries, FFN 128, R18 with trainable BN
+# (from the mini config). NUM_DETECTIONS must stay <= NUM_QUERIES * NUM_CLASSES (10 * 6).
+TINY_MODEL_OPTS = [
+    "MODEL.DEFORMABLE_DETR.HIDDEN_DIM", "64",
+    "MODEL.DEFORMABLE_DETR.ENC_LAYERS", "2",
+    "MODEL.DEFORMABLE_DETR.DEC_LAYERS", "2",
+    "MODEL.DEFORMABLE_DETR.NUM_QUERIES", "10",
+    "MODEL.DEFORMABLE_DETR.DIM_FEEDFORWARD", "128",
+    "MODEL.DEFORMABLE_DETR.NUM_DETECTIONS", "20",
+]
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago (for ``--dist-url``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def build_cfg(opts=(), config_file=MINI_CONFIG, output_dir=None, tiny_model=True, data_opts=True):
+    """A mutable yacs cfg: ``config_file`` + (``TINY_DATA_OPTS``) + (``TINY_MODEL_OPTS``) + ``opts``,
+    validated; ``OUTPUT_DIR`` set when ``output_dir`` is given."""
+    cfg = get_cfg()
+    add_joindet_config(cfg)
+    cfg.merge_from_file(str(config_file))
+    merged = (list(TINY_DATA_OPTS) if data_opts else []) + (list(TINY_MODEL_OPTS) if tiny_model else [])
+    merged += [str(v) for v in opts]
+    if output_dir is not None:
+        merged += ["OUTPUT_DIR", str(output_dir)]
+    cfg.merge_from_list(merged)
+    validate_config(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def synthetic_cache(tmp_path_factory):
+    """``$JOINDET_CACHE`` for the session (restored afterwards), holding the tiny synthetic splits
+    (8 train / 4 val images of 64 x 64), generated once. Yields the cache folder."""
+    cache = tmp_path_factory.mktemp("joindet_cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("JOINDET_CACHE", str(cache))
+    try:
+        cfg = build_cfg()
+        register_datasets(cfg)
+        assert len(DatasetCatalog.get("synth_train")) == 8
+        assert len(DatasetCatalog.get("synth_val")) == 4
+        yield cache
+    finally:
+        patch.undo()
+
+
+@pytest.fixture
+def make_cfg(synthetic_cache, tmp_path):
+    """``make_cfg(*opts, config_file=..., tiny_model=True)``: a cfg as :func:`build_cfg`, with
+    ``OUTPUT_DIR`` under this test's ``tmp_path`` and the tiny synthetic datasets registered."""
+
+    def _make(*opts, config_file=MINI_CONFIG, tiny_model=True):
+        cfg = build_cfg(opts, config_file=config_file, output_dir=tmp_path / "output", tiny_model=tiny_model)
+        register_datasets(cfg)
+        return cfg
+
+    return _make
+
+
+def mapped_batch(cfg, count, dataset="synth_train", is_train=True):
+    """The first ``count`` images of ``dataset`` through ``DetrDatasetMapper`` (a fixed batch;
+    ``is_train`` augmentations include a random flip, so seed torch/numpy/random for repeatability)."""
+    mapper = DetrDatasetMapper(cfg, is_train=is_train)
+    return [mapper(d) for d in DatasetCatalog.get(dataset)[:count]]
+
+
+@pytest.fixture
+def subprocess_env(synthetic_cache):
+    """Environment of a ``train_net.py`` subprocess: the session's ``JOINDET_CACHE`` and one
+    OpenMP thread per process (see :func:`one_torch_thread`)."""
+    return {**os.environ, "JOINDET_CACHE": str(synthetic_cache), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run the test with one intra-op torch thread, then restore the previous count. On this shared
+    2-core machine, two spinning OpenMP threads per process make small models 10x+ slower under
+    load; one thread keeps the model and training tests fast and their timing stable."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
