@@ -49,7 +49,7 @@ def add_joindet_config(cfg):
     _C.SOLVER.OPTIMIZER = "ADAMW"  # ADAMW or SGD
     _C.SOLVER.BACKBONE_MULTIPLIER = 0.1  # lr factor of the backbone (when it trains)
     _C.SOLVER.LINEAR_PROJ_MULTIPLIER = 0.1  # lr factor of sampling offsets and reference points
-    _C.SOLVER.EPOCHS = 0.0  # > 0: MAX_ITER = EPOCHS epochs of the training set (see resolve_epochs)
+    _C.SOLVER.EPOCHS = 0.0  # > 0: MAX_ITER = EPOCHS epochs of the training set (a float: write 50.0)
     _C.SOLVER.STEP_EPOCHS = ()  # with EPOCHS > 0: lr drops at these epochs (replace SOLVER.STEPS)
 
     # ---------------------------------------------------------------- JoinDet pretraining
@@ -69,6 +69,7 @@ def add_joindet_config(cfg):
     _C.JOINDET.NCUT = CN()
     _C.JOINDET.NCUT.TAU = 0.2  # affinity threshold tau of Eq. 1 (cosine similarity)
     _C.JOINDET.NCUT.EPS = 1e-5  # affinity below tau (keeps the graph connected)
+    _C.JOINDET.NCUT.CENTER = False  # subtract each image's mean feature before the cosine affinity
     _C.JOINDET.NCUT.NUM_ROUNDS = 3  # NCut rounds per image, found patches masked out (MaskCut)
     _C.JOINDET.NCUT.NMS_THRESH = 0.7  # NMS over an image's priors before the top K
     _C.JOINDET.NCUT.FEATURE_LEVEL = -1  # encoder level whose patch features are cut (index into the levels)
@@ -77,7 +78,7 @@ def add_joindet_config(cfg):
     _C.JOINDET.SMOOTH = CN()
     _C.JOINDET.SMOOTH.MOMENTUM = 0.45  # m_s: weight of the precedent priors in the Box Smooth Module
     _C.JOINDET.SMOOTH.IOU_THRESHOLD = 0.48  # clustering IoU threshold of the Box Smooth Module
-    _C.JOINDET.UPDATE_PERIOD = 10.0  # epochs between prior refreshes; 0 = fixed priors (DETReg-like)
+    _C.JOINDET.UPDATE_PERIOD = 10.0  # epochs between prior refreshes (a float); 0.0 = fixed priors (DETReg-like)
     _C.JOINDET.UPDATE_PERIOD_ITERS = 0  # > 0: refresh every this many iterations instead (tests, demos)
     _C.JOINDET.LSJ = CN()
     _C.JOINDET.LSJ.IMAGE_SIZE = 1024  # large-scale jitter output size (square crop, padded)
@@ -124,8 +125,6 @@ def validate_config(cfg):
            "MODEL.DEFORMABLE_DETR.TWO_STAGE needs MODEL.DEFORMABLE_DETR.WITH_BOX_REFINE True")
     _check(0.0 <= d.DROPOUT < 1.0, f"MODEL.DEFORMABLE_DETR.DROPOUT must be in [0, 1), got {d.DROPOUT}")
     _check(0.0 <= d.FOCAL_ALPHA <= 1.0, f"MODEL.DEFORMABLE_DETR.FOCAL_ALPHA must be in [0, 1], got {d.FOCAL_ALPHA}")
-    _check(d.NUM_DETECTIONS <= d.NUM_QUERIES * d.NUM_CLASSES,
-           "MODEL.DEFORMABLE_DETR.NUM_DETECTIONS must be <= NUM_QUERIES * NUM_CLASSES")
     _check(cfg.SOLVER.OPTIMIZER.upper() in ("ADAMW", "SGD"),
            f"SOLVER.OPTIMIZER must be ADAMW or SGD, got {cfg.SOLVER.OPTIMIZER!r}")
     _check(cfg.SOLVER.EPOCHS >= 0, f"SOLVER.EPOCHS must be >= 0, got {cfg.SOLVER.EPOCHS}")

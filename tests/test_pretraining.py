@@ -3,7 +3,6 @@ data loader serves at once, the version in use is checkpointed and restored by `
 on which NCut finds nothing keeps its priors, two gloo processes build a complete bank, the paper's
 pretraining config builds the full model and steps on the CPU, and bad settings fail at start-up."""
 
-import json
 import os
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ from joindet.data.datasets import register_datasets
 from joindet.engine.pretrain import JoinDetTrainer, bank_dir
 from joindet.priors.bank import PriorBank
 from joindet.priors.box_smooth import smooth_priors
+from joindet.priors.sources import RandomCropSource
 
 from conftest import REPO_ROOT, TINY_DATA_OPTS, TINY_MODEL_OPTS, build_cfg, free_port
 
@@ -224,7 +224,7 @@ def test_paper_pretraining_config_builds_the_full_model_and_steps(synthetic_cach
     cfg = build_cfg([
         "DATASETS.TRAIN", f"('{DATASET}',)", "DATASETS.TEST", "()",
         "JOINDET.LSJ.IMAGE_SIZE", "128", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
-        "SOLVER.MAX_ITER", "2", "SOLVER.EPOCHS", "0", "SOLVER.IMS_PER_BATCH", "1",
+        "SOLVER.MAX_ITER", "2", "SOLVER.EPOCHS", "0.0", "SOLVER.IMS_PER_BATCH", "1",
         "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0",
     ], config_file=FULL_PRETRAIN_CONFIG, output_dir=tmp_path / "output", tiny_model=False)
     register_datasets(cfg)
@@ -249,10 +249,30 @@ def test_paper_pretraining_config_builds_the_full_model_and_steps(synthetic_cach
     assert len(history) == 2 and all(np.isfinite(v) for v, _ in history)
     assert "loss_embed" in trainer.storage.histories()
     assert all(torch.equal(backbone_before[k], v) for k, v in model.backbone.state_dict().items())
-    assert PriorBank(bank_dir(cfg)).versions() == [0]
+    bank = PriorBank(bank_dir(cfg))
+    assert bank.versions() == [0] and bank.read(0).meta["info"]["source"] == "ncut_backbone"
+    assert bank.read(0).image_ids.tolist() == _dataset_ids()  # complete, even where NCut found nothing
     final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     assert os.path.isfile(final)
     os.remove(final)  # hundreds of MB with the optimizer state
+
+    # NCut on a randomly initialised R50 (no SwAV file here) may find no object (DESIGN.md section 5),
+    # so the full-size losses are checked once more on random-crop priors served by the same loader
+    dicts = DatasetCatalog.get(DATASET)
+    crops = RandomCropSource(topk=5, seed=0)(dicts)
+    bank.write_version(1, [d["image_id"] for d in dicts], [b for b, _ in crops], [s for _, s in crops])
+    trainer.active_priors.set_version(1)
+    batch = next(iter(trainer.data_loader))
+    assert [x["prior_version"] for x in batch] == [1]
+    assert len(batch[0]["instances"]) >= 1 and batch[0]["prior_crops"].shape[1:] == (3, 128, 128)
+    model.train()
+    losses = model(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["loss_embed"] > 0 and losses["loss_bbox"] > 0
+    model.zero_grad(set_to_none=True)
+    sum(losses.values()).backward()
+    assert model.embed_head.layers[0].weight.grad is not None
+    assert all(p.grad is None for p in model.backbone.parameters())
 
 
 def _setup_args(tmp_path, *opts):

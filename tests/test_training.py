@@ -21,7 +21,9 @@ from joindet.data.mapper import DetrDatasetMapper
 from joindet.engine.optimizer import build_optimizer
 from joindet.engine.trainer import Trainer
 
-from conftest import COCO_CONFIG, MINI_CONFIG, REPO_ROOT, TINY_DATA_OPTS, TINY_MODEL_OPTS, free_port, mapped_batch
+from conftest import (
+    COCO_CONFIG, MINI_CONFIG, REPO_ROOT, TINY_DATA_OPTS, TINY_MODEL_OPTS, build_cfg, free_port, mapped_batch,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -181,6 +183,17 @@ def test_full_scale_coco_config_builds_and_trains_two_iterations(make_cfg):
     final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     assert os.path.isfile(final)
     os.remove(final)  # ~0.5 GB with the optimizer state
+
+
+@pytest.mark.parametrize(
+    "config_file",
+    sorted(p for p in (REPO_ROOT / "configs").rglob("*.yaml") if not p.name.startswith("Base-")),
+    ids=lambda p: str(p.relative_to(REPO_ROOT / "configs")),
+)
+def test_every_shipped_yaml_config_loads_and_validates(config_file):
+    """yacs checks value types: e.g. ``SOLVER.EPOCHS: 50`` (an int) against the float default fails."""
+    cfg = build_cfg(config_file=config_file, tiny_model=False, data_opts=False)
+    assert cfg.MODEL.META_ARCHITECTURE in ("DeformableDETR", "JoinDet")
 
 
 def test_unknown_training_dataset_is_named(synthetic_cache, tmp_path):

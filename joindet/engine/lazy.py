@@ -6,21 +6,40 @@ optionally ``dataloader.synthetic`` (settings of the built-in synthetic set, reg
 anything is instantiated), and ``train`` (see ``projects/JoinDet/configs/common/train.py``).
 Training runs Detectron2's ``SimpleTrainer`` (``AMPTrainer`` with ``train.amp.enabled``) with its
 standard hooks; overrides are ``key=value`` (e.g. ``train.max_iter=10``).
+
+JoinDet pretraining: a config with a ``joindet`` section (the prior settings, ``JOINDET.*`` of the
+yacs route one to one, see ``projects/JoinDet/configs/common/data/pretrain_priors.py``) and a JoinDet
+model. Its ``dataloader.train.mapper`` is a ``JoinDetDatasetMapper`` built here with the run's
+``ActivePriors`` (bank ``joindet.priors.bank_dir``, "" = ``train.output_dir/prior_bank``), and
+``dataloader.prior_mapper`` is the test-time mapper of prior generation. The run adds the
+``PriorRefreshHook`` (version 0 from ``joindet.priors.init_source`` built with
+``joindet.init_source_kwargs[init_source]``, refreshes every ``joindet.update_period_iters``) before the
+checkpointer, and a fresh run copies the loaded backbone into the frozen embedding encoder -- the
+same pieces as ``joindet.engine.pretrain.JoinDetTrainer``.
 """
+import inspect
 import logging
 import re
 
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from detectron2.utils.registry import locate
+from omegaconf import OmegaConf
 
 from ..checkpoint import JoinDetCheckpointer
+from ..config import add_joindet_config
 from ..data.datasets import check_dataset_names
 from ..data.synthetic import register_synthetic
 from ..data.transfer import register_transfer_datasets
+from ..modeling.joindet import JoinDet
+from ..priors.active import ActivePriors
+from ..priors.sources import PRIOR_SOURCE_REGISTRY, build_prior_source
+from .pretrain import build_prior_refresh_hook, insert_prior_hook, prior_settings_from_cfg, resolve_bank_dir
+from .prior_hook import unwrap_model
 from .trainer import create_ddp_model_any_device
 
 __all__ = [
@@ -28,6 +47,10 @@ __all__ = [
     "register_lazy_datasets",
     "build_lazy_model",
     "check_aux_loss_weights",
+    "check_joindet_section",
+    "instantiate_with",
+    "build_lazy_prior_source",
+    "build_lazy_pretraining",
     "do_test",
     "do_train",
     "lazy_main",
@@ -58,6 +81,8 @@ def lazy_setup(args):
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="joindet")
     register_lazy_datasets(cfg)
+    if "joindet" in cfg and not args.eval_only:
+        check_joindet_section(cfg)
     return cfg
 
 
@@ -110,6 +135,112 @@ def check_aux_loss_weights(model):
         )
 
 
+def _joindet_layout():
+    """The keys of a ``joindet`` section: those of ``prior_settings_from_cfg`` on the yacs defaults
+    (``JOINDET.PRIORS`` / ``NCUT`` / ``SMOOTH`` with lower-case keys, ``update_period_iters``) plus
+    ``init_source_kwargs``. Returns {key: set of sub-keys, or None for a value or free-form mapping}."""
+    defaults = prior_settings_from_cfg(add_joindet_config(get_cfg()))
+    layout = {k: set(v) if isinstance(v, dict) else None for k, v in defaults.items()}
+    layout["init_source_kwargs"] = None
+    return layout
+
+
+# (key, test, requirement): the ranges joindet.config.validate_config checks on the yacs side.
+_JOINDET_RANGES = (
+    ("priors.topk", lambda v: v >= 1, ">= 1"),
+    ("ncut.tau", lambda v: -1.0 <= v <= 1.0, "in [-1, 1] (a cosine)"),
+    ("ncut.eps", lambda v: v > 0, "> 0"),
+    ("ncut.num_rounds", lambda v: v >= 1, ">= 1"),
+    ("ncut.batch_size", lambda v: v >= 1, ">= 1"),
+    ("smooth.momentum", lambda v: 0.0 <= v <= 1.0, "in [0, 1] (m_s)"),
+    ("smooth.iou_threshold", lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    ("update_period_iters", lambda v: v >= 0, ">= 0 (0 = fixed priors)"),
+)
+
+
+def check_joindet_section(cfg):
+    """Raise ``ValueError`` naming the key when ``cfg.joindet`` lacks a key of the yacs ``JOINDET``
+    prior settings or has an unknown one, a value is out of range, ``priors.init_source`` is not a
+    registered prior source or has no ``init_source_kwargs`` entry, ``priors.eval_dataset`` is not a
+    registered dataset, or the config has no ``dataloader.prior_mapper``."""
+    section = cfg.joindet
+    layout = _joindet_layout()
+    unknown = sorted(set(section) - set(layout))
+    missing = sorted(set(layout) - set(section))
+    if unknown or missing:
+        raise ValueError(f"joindet must have the keys {sorted(layout)}: missing {missing}, unknown {unknown} "
+                         f"(see projects/JoinDet/configs/common/data/pretrain_priors.py)")
+    for group, keys in layout.items():
+        if keys is not None and set(section[group]) != keys:
+            have = set(section[group])
+            raise ValueError(f"joindet.{group} must have the keys {sorted(keys)} (JOINDET.{group.upper()}.* in "
+                             f"lower case): missing {sorted(keys - have)}, unknown {sorted(have - keys)}")
+    for key, ok, requirement in _JOINDET_RANGES:
+        value = OmegaConf.select(section, key)
+        if not ok(value):
+            raise ValueError(f"joindet.{key} must be {requirement}, got {value}")
+    name = section.priors.init_source
+    if name not in PRIOR_SOURCE_REGISTRY:
+        raise ValueError(f"joindet.priors.init_source: unknown prior source {name!r}; registered: "
+                         f"{sorted(n for n, _ in PRIOR_SOURCE_REGISTRY)}")
+    if name not in section.init_source_kwargs:
+        raise ValueError(f"joindet.init_source_kwargs has no entry for the init source {name!r} "
+                         f"(it has {sorted(section.init_source_kwargs)})")
+    if section.priors.eval_dataset:
+        check_dataset_names([section.priors.eval_dataset], "joindet.priors.eval_dataset")
+    if "prior_mapper" not in cfg.dataloader:
+        raise ValueError("A JoinDet pretraining config needs dataloader.prior_mapper (the test-time mapper of "
+                         "prior generation, see projects/JoinDet/configs/common/data/pretrain_coco.py)")
+
+
+def instantiate_with(node, **objects):
+    """Instantiate the LazyCall ``node`` with ``objects`` as arguments, in place of (or besides) the
+    node's own: objects that a config should not hold (the shared ``ActivePriors``) or that are built
+    once and shared (the dataset dicts the loader and the prior hook both read)."""
+    kwargs = {k: instantiate(v) for k, v in node.items() if k != "_target_" and k not in objects}
+    target = node["_target_"]
+    if isinstance(target, str):
+        target = locate(target)
+    return target(**kwargs, **objects)
+
+
+def build_lazy_prior_source(section, mapper):
+    """The version-0 prior source: ``build_prior_source(section.priors.init_source,
+    **section.init_source_kwargs[init_source])``, plus ``mapper`` (the test-time mapper) for a source
+    that takes one (``ncut_backbone`` runs the model on the images)."""
+    name = section.priors.init_source
+    kwargs = OmegaConf.to_container(section.init_source_kwargs[name], resolve=True)
+    if "mapper" in inspect.signature(PRIOR_SOURCE_REGISTRY.get(name)).parameters:
+        kwargs["mapper"] = mapper
+    return build_prior_source(name, **kwargs)
+
+
+def build_lazy_pretraining(cfg):
+    """The data side of a JoinDet pretraining run (``cfg`` has a checked ``joindet`` section).
+
+    Returns (train loader, PriorRefreshHook): one ``ActivePriors`` of the bank folder goes to
+    ``dataloader.train.mapper`` (a ``JoinDetDatasetMapper``) and to the hook, which also shares the
+    loader's dataset dicts and reads images with ``dataloader.prior_mapper``."""
+    section = cfg.joindet
+    active_priors = ActivePriors(resolve_bank_dir(section.priors.bank_dir, cfg.train.output_dir))
+    loader_cfg = cfg.dataloader.train
+    names = loader_cfg.dataset.names
+    names = [names] if isinstance(names, str) else list(names)
+    dataset_dicts = instantiate(loader_cfg.dataset)
+    mapper = instantiate_with(loader_cfg.mapper, active_priors=active_priors)
+    train_loader = instantiate_with(loader_cfg, dataset=dataset_dicts, mapper=mapper)
+    prior_mapper = instantiate(cfg.dataloader.prior_mapper)
+    refresh = build_prior_refresh_hook(
+        active_priors=active_priors,
+        dataset_dicts=dataset_dicts,
+        dataset_name="+".join(names),
+        init_source=build_lazy_prior_source(section, prior_mapper),
+        mapper=prior_mapper,
+        settings=section,
+    )
+    return train_loader, refresh
+
+
 def build_lazy_model(cfg):
     """Instantiate ``cfg.model``, check its loss weights, move it to ``cfg.train.device``."""
     model = instantiate(cfg.model)
@@ -136,13 +267,24 @@ def do_train(args, cfg):
     (iteration timer, lr schedule, periodic checkpoints, evaluation every ``train.eval_period`` and at
     the end, metric writers). ``args.resume`` continues from the last checkpoint in
     ``train.output_dir``; otherwise ``train.init_checkpoint`` (if any) initialises the model.
+    Pretraining (a ``joindet`` section and a JoinDet model) adds the prior refresh hook before the
+    checkpointer and, on a fresh run, copies the loaded backbone into the frozen embedding encoder.
     Returns the results of the last evaluation."""
     if cfg.train.amp.enabled and torch.device(cfg.train.device).type != "cuda":
         raise ValueError(f"train.amp.enabled needs a CUDA device, but train.device is {cfg.train.device!r}")
     model = build_lazy_model(cfg)
+    pretraining = "joindet" in cfg
+    if pretraining != isinstance(model, JoinDet):
+        raise ValueError(
+            f"The model is a {type(model).__name__} and the config {'has a' if pretraining else 'has no'} joindet "
+            "section: JoinDet pretraining needs both a JoinDet model (common/models/joindet.py) and the prior "
+            "settings (common/data/pretrain_priors.py); a supervised config has neither")
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
+    if pretraining:
+        train_loader, refresh = build_lazy_pretraining(cfg)
+    else:
+        train_loader, refresh = instantiate(cfg.dataloader.train), None
 
     model = create_ddp_model_any_device(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
@@ -155,23 +297,26 @@ def do_train(args, cfg):
         return last_results
 
     main_process = comm.is_main_process()
-    trainer.register_hooks(
-        [
-            hooks.IterationTimer(),
-            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main_process else None,
-            hooks.EvalHook(cfg.train.eval_period, test_and_keep),
-            hooks.PeriodicWriter(
-                default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
-            )
-            if main_process
-            else None,
-        ]
-    )
+    hook_list = [
+        hooks.IterationTimer(),
+        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main_process else None,
+        hooks.EvalHook(cfg.train.eval_period, test_and_keep),
+        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+        if main_process
+        else None,
+    ]
+    if refresh is not None:
+        insert_prior_hook(hook_list, refresh)
+    trainer.register_hooks(hook_list)
 
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    resumed = args.resume and checkpointer.has_checkpoint()
+    if pretraining and not resumed:
+        # a fresh run: the frozen embedding encoder starts from the backbone's (loaded) weights
+        unwrap_model(model).sync_embed_encoder()
     # A checkpoint stores the iteration that had just finished: a resumed run starts at the next one.
-    start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
+    start_iter = trainer.iter + 1 if resumed else 0
     trainer.train(start_iter, cfg.train.max_iter)
     return dict(last_results)
 

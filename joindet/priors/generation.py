@@ -11,7 +11,7 @@ from detectron2.utils import comm
 
 from .ncut import priors_from_features
 
-__all__ = ["generate_ncut_priors", "gather_priors", "shard"]
+__all__ = ["generate_ncut_priors", "gather_priors", "shard", "center_features"]
 
 logger = logging.getLogger("joindet")
 
@@ -31,9 +31,16 @@ def gather_priors(local):
     return merged
 
 
+def center_features(features, valid):
+    """Subtract each image's mean feature over its valid patches. features: (N, h, w, c); valid: (N, h, w)."""
+    w = valid.unsqueeze(-1).to(features.dtype)
+    mean = (features * w).sum((1, 2), keepdim=True) / w.sum((1, 2), keepdim=True).clamp(min=1)
+    return (features - mean) * w
+
+
 @torch.no_grad()
 def generate_ncut_priors(model, dataset_dicts, mapper, feature_fn, *, batch_size=4, num_workers=0, tau=0.2,
-                         eps=1e-5, num_rounds=3, topk=30, nms_threshold=0.7):
+                         eps=1e-5, num_rounds=3, topk=30, nms_threshold=0.7, center=False):
     """Priors for every image of ``dataset_dicts`` from NCut on the patch features ``feature_fn`` returns.
 
     Args:
@@ -42,6 +49,8 @@ def generate_ncut_priors(model, dataset_dicts, mapper, feature_fn, *, batch_size
         mapper: a test-time mapper (resize only).
         feature_fn: ``feature_fn(model, batched_inputs) -> (features (N, h, w, c), valid (N, h, w), sizes)``.
         tau, eps, num_rounds, topk, nms_threshold: see :func:`joindet.priors.ncut.priors_from_features`.
+        center: subtract each image's mean feature first, so that the cosine of Eq. 1 measures how patches
+            differ rather than the component they all share (encoder outputs share a large one).
 
     Returns:
         dict image_id -> (boxes (k, 4) float32 XYXY in original pixels, scores (k,) float32) for every
@@ -58,6 +67,8 @@ def generate_ncut_priors(model, dataset_dicts, mapper, feature_fn, *, batch_size
     try:
         for i, batch in enumerate(loader):
             feats, valid, _ = feature_fn(model, batch)
+            if center:
+                feats = center_features(feats, valid)
             sizes = [(x["height"], x["width"]) for x in batch]
             priors = priors_from_features(feats, sizes, valid_mask=valid, tau=tau, eps=eps, num_rounds=num_rounds,
                                           topk=topk, nms_threshold=nms_threshold)

@@ -11,19 +11,20 @@ class NCutBackboneSource:
     the natural version 0 with a pretrained (e.g. SwAV) backbone, before the encoder has learned."""
 
     def __init__(self, *, mapper, feature="res4", weights="", batch_size=4, tau=0.2, eps=1e-5, num_rounds=3,
-                 topk=30, nms_threshold=0.7):
+                 topk=30, nms_threshold=0.7, center=False):
         self.mapper = mapper
         self.feature = feature
         self.weights = weights
         self.batch_size = batch_size
-        self.ncut = dict(tau=tau, eps=eps, num_rounds=num_rounds, topk=topk, nms_threshold=nms_threshold)
+        self.ncut = dict(tau=tau, eps=eps, num_rounds=num_rounds, topk=topk, nms_threshold=nms_threshold,
+                         center=center)
 
     @classmethod
     def from_config(cls, cfg, mapper):
         n = cfg.JOINDET.NCUT
         return {"mapper": mapper, "feature": n.BACKBONE_FEATURE, "weights": cfg.MODEL.WEIGHTS,
                 "batch_size": n.BATCH_SIZE, "tau": n.TAU, "eps": n.EPS, "num_rounds": n.NUM_ROUNDS,
-                "topk": cfg.JOINDET.PRIORS.TOPK, "nms_threshold": n.NMS_THRESH}
+                "topk": cfg.JOINDET.PRIORS.TOPK, "nms_threshold": n.NMS_THRESH, "center": n.CENTER}
 
     def cache_key(self):
         return {"feature": self.feature, "weights": self.weights, **self.ncut}

@@ -1,0 +1,34 @@
+# JoinDet pretraining with the paper's settings (supplement 5.1) -- the LazyConfig twin of
+# configs/pretrain.yaml: R50 initialised from SwAV and frozen, multi-scale Deformable DETR with the
+# objectness and object-embedding heads, 50 epochs on COCO train2017 without labels (lr x0.1 at 40),
+# AdamW 2e-4, wd 1e-4, K = 30 priors per image, version 0 from NCut on the SwAV backbone's res4, priors
+# refreshed every 10 epochs from the encoder's stride-32 level, Box Smooth m_s 0.45 / IoU 0.48,
+# large-scale jitter at 1024.
+#
+#   python train_net.py --config-file projects/JoinDet/configs/joindet_pretrain_r50_coco.py --num-gpus 8
+from .common.data.pretrain_coco import dataloader
+from .common.data.pretrain_priors import joindet
+from .common.models.joindet import model
+from .common.optim import AdamW as optimizer
+from .common.schedule import iters_per_epoch, step_lr_multiplier
+from .common.train import train
+
+joindet.priors.init_source = "ncut_backbone"  # version 0: NCut on the SwAV backbone's res4
+joindet.priors.topk = 30
+joindet.ncut.feature_level = 2  # refreshes cut the encoder level of res5 (stride 32)
+joindet.smooth.momentum = 0.45
+joindet.smooth.iou_threshold = 0.48
+
+# Epochs to iterations (common/schedule.py): pretraining reads every train2017 image (118,287, those
+# without boxes included) at total batch 32 = 3,697 iterations per epoch. Changing
+# dataloader.train.total_batch_size needs new train.max_iter and joindet.update_period_iters.
+ITERS_PER_EPOCH = iters_per_epoch(118287, 32)  # 3,697
+train.max_iter = 50 * ITERS_PER_EPOCH  # 184,850
+lr_multiplier = step_lr_multiplier(total_iters=50 * ITERS_PER_EPOCH, drop_iters=[40 * ITERS_PER_EPOCH])  # 147,880
+joindet.update_period_iters = 10 * ITERS_PER_EPOCH  # 36,970: refresh every 10 epochs (JOINDET.UPDATE_PERIOD)
+
+train.output_dir = "output/pretrain"
+train.init_checkpoint = "checkpoints/swav_800ep_r50_d2.pth"  # made by: python -m joindet.tools.convert_swav
+train.checkpointer.period = 5000
+train.eval_period = 0  # nothing to evaluate (no test set)
+train.device = "cuda"

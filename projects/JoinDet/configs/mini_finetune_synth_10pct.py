@@ -1,0 +1,42 @@
+# Fine-tune the mini JoinDet checkpoint on 10% of the synthetic labels (synth_train_10pct: 40 of the 400
+# images, seeded subset) -- the LazyConfig twin of configs/mini/finetune_synth_10pct.yaml and the
+# counterpart of the 10% COCO setting: mini_deformable_detr_synth.py's model (6 classes; the pretraining
+# heads of the checkpoint are dropped), 60 epochs, lr x0.1 at 42 (70% of the schedule, as in the paper).
+#
+#   python train_net.py --config-file projects/JoinDet/configs/mini_finetune_synth_10pct.py
+from .common.data.synthetic import dataloader
+from .common.models.deformable_detr import model
+from .common.optim import AdamW as optimizer
+from .common.schedule import iters_per_epoch, step_lr_multiplier
+from .common.train import train
+
+model.backbone.stem.norm = "BN"
+model.backbone.stages.depth = 18
+model.backbone.stages.norm = "BN"
+del model.backbone.stages.stride_in_1x1  # R18's BasicBlock has no bottleneck stride option
+model.backbone.freeze_at = 0
+model.transformer.num_feature_levels = 3
+model.transformer.d_model = 128
+model.transformer.nhead = 8
+model.transformer.num_encoder_layers = 3
+model.transformer.dim_feedforward = 512
+model.transformer.num_decoder_layers = 3
+model.criterion.weight_dict.num_aux = 2  # num_decoder_layers - 1
+model.num_queries = 50
+model.num_classes = 6  # joindet.data.synthetic.SHAPE_CLASSES
+
+optimizer.params.backbone_multiplier = 1.0
+optimizer.params.linear_proj_multiplier = 1.0
+
+dataloader.train.dataset.names = "synth_train_10pct"
+
+# Epochs to iterations (common/schedule.py): 40 images at total batch 8 = 5 iterations per epoch.
+ITERS_PER_EPOCH = iters_per_epoch(40, 8)  # 5
+train.max_iter = 60 * ITERS_PER_EPOCH  # 300
+lr_multiplier = step_lr_multiplier(total_iters=60 * ITERS_PER_EPOCH, drop_iters=[42 * ITERS_PER_EPOCH])  # 210
+
+train.output_dir = "output/mini_finetune_synth_10pct"
+train.init_checkpoint = "output/mini_pretrain_synth/model_final.pth"  # mini_joindet_pretrain_synth.py's output
+train.checkpointer.period = 100000  # only model_final
+train.eval_period = 0  # evaluate at the end
+train.device = "cpu"
