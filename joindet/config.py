@@ -60,7 +60,7 @@ def add_joindet_config(cfg):
     _C.JOINDET.EMBED_ENCODER = "backbone"  # "backbone": the frozen detector backbone; "frozen_copy": a frozen copy
     _C.JOINDET.PRIORS = CN()
     _C.JOINDET.PRIORS.BANK_DIR = ""  # prior bank folder; "" = OUTPUT_DIR/prior_bank
-    _C.JOINDET.PRIORS.INIT_SOURCE = "ncut_backbone"  # version-0 source (PRIOR_SOURCE_REGISTRY name)
+    _C.JOINDET.PRIORS.INIT_SOURCE = "ncut_backbone"  # version 0: ncut_backbone, ncut_color, selective_search, random_crops
     _C.JOINDET.PRIORS.TOPK = 30  # priors kept per image (K)
     _C.JOINDET.PRIORS.MIN_SIDE = 128  # selective search: shorter side the image is resized to (DETReg)
     _C.JOINDET.PRIORS.NUM_WORKERS = 2  # processes computing selective-search priors
@@ -74,6 +74,8 @@ def add_joindet_config(cfg):
     _C.JOINDET.NCUT.NMS_THRESH = 0.7  # NMS over an image's priors before the top K
     _C.JOINDET.NCUT.FEATURE_LEVEL = -1  # encoder level whose patch features are cut (index into the levels)
     _C.JOINDET.NCUT.BACKBONE_FEATURE = "res4"  # backbone feature cut by the ncut_backbone source
+    _C.JOINDET.NCUT.COLOR_PATCH = 8  # ncut_color source: patch size (pixels) of the mean colours
+    _C.JOINDET.NCUT.COLOR_TAU = 0.99  # ncut_color source: tau on RGB vectors (all close in angle)
     _C.JOINDET.NCUT.BATCH_SIZE = 4  # images per batch when generating priors
     _C.JOINDET.SMOOTH = CN()
     _C.JOINDET.SMOOTH.MOMENTUM = 0.45  # m_s: weight of the precedent priors in the Box Smooth Module

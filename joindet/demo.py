@@ -9,15 +9,12 @@
 """
 import argparse
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from detectron2.data import DatasetCatalog
-from detectron2.engine import default_argument_parser
-
-from .engine.launcher import main as train_main
-from .evaluation.prior_quality import evaluate_priors, format_prior_quality_table
-from .priors.bank import PriorBank
+from .evaluation.prior_quality import format_prior_quality_table
 
 __all__ = ["main"]
 
@@ -33,9 +30,15 @@ def _config(name, config_dir):
     return str(path)
 
 
-def _run(config_file, opts):
-    args = default_argument_parser().parse_args(["--config-file", config_file] + [str(o) for o in opts])
-    return train_main(args)
+def _run(config_file, opts, output_dir):
+    """One training stage in its own process (its own logging and dataset registrations), with
+    Detectron2's progress log on the console; returns the stage's evaluation results."""
+    cmd = [sys.executable, "-m", "joindet.engine.launcher", "--config-file", config_file,
+           "OUTPUT_DIR", str(output_dir)] + [str(o) for o in opts]
+    print("$ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    with open(Path(output_dir) / "eval_results.json") as f:
+        return json.load(f)
 
 
 def _ap_table(results):
@@ -46,10 +49,9 @@ def _ap_table(results):
 
 
 def _prior_quality(bank_root):
-    """Every version of the bank scored against synth_train's boxes (as registered by the last run)."""
-    bank = PriorBank(bank_root)
-    dicts = DatasetCatalog.get("synth_train")
-    rows = [(f"v{v}", evaluate_priors(bank.read(v), dicts)) for v in bank.versions()]
+    """The quality of every prior version, as the refresh hook measured it during pretraining."""
+    with open(Path(bank_root) / "prior_quality.json") as f:
+        rows = [(label, metrics) for label, metrics in json.load(f)]
     return format_prior_quality_table(rows), rows
 
 
@@ -67,23 +69,21 @@ def main(argv=None):
 
     start = time.perf_counter()
     pretrain_dir = out / "pretrain"
-    _run(_config("mini/pretrain_synth.yaml", args.config_dir),
-         ["OUTPUT_DIR", pretrain_dir] + args.pretrain_opts)
+    _run(_config("mini/pretrain_synth.yaml", args.config_dir), args.pretrain_opts, pretrain_dir)
     timings["pretrain_s"] = time.perf_counter() - start
     table, rows = _prior_quality(pretrain_dir / "prior_bank")
     summary["prior_quality"] = {label: m for label, m in rows}
 
     start = time.perf_counter()
     results = _run(_config("mini/finetune_synth_10pct.yaml", args.config_dir),
-                   ["MODEL.WEIGHTS", pretrain_dir / "model_final.pth", "OUTPUT_DIR", out / "finetune"]
-                   + args.finetune_opts)
+                   ["MODEL.WEIGHTS", pretrain_dir / "model_final.pth"] + args.finetune_opts, out / "finetune")
     timings["finetune_s"] = time.perf_counter() - start
     summary["finetune"] = results
 
     if args.baseline:
         start = time.perf_counter()
         baseline = _run(_config("mini/finetune_synth_10pct.yaml", args.config_dir),
-                        ["MODEL.WEIGHTS", "", "OUTPUT_DIR", out / "baseline"] + args.finetune_opts)
+                        ["MODEL.WEIGHTS", ""] + args.finetune_opts, out / "baseline")
         timings["baseline_s"] = time.perf_counter() - start
         summary["baseline"] = baseline
 

@@ -8,6 +8,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.structures import BoxMode
 from torchvision.ops import box_iou
 
+from joindet.data.synthetic import register_synthetic
 from joindet.evaluation import evaluate_priors, format_prior_quality_table
 from joindet.priors.bank import PriorBank
 from joindet.tools import eval_priors
@@ -153,7 +154,7 @@ def test_table_format():
 def test_tool_on_synthetic_bank(tmp_path, capsys):
     synth_args = ["--synthetic-root", str(tmp_path / "synth"), "--synthetic-num-train", "3",
                   "--synthetic-num-val", "1", "--synthetic-image-size", "64"]
-    eval_priors.register_synthetic(root=tmp_path / "synth", num_train=3, num_val=1, image_size=64)
+    register_synthetic(root=tmp_path / "synth", num_train=3, num_val=1, image_size=64)
     dicts = DatasetCatalog.get("synth_train")
     ids, gt_boxes = [], []
     for d in dicts:

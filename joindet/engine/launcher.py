@@ -1,9 +1,11 @@
 """What ``train_net.py`` runs in every process: config set-up, then training or evaluation."""
+import json
 import logging
+import os
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
-from detectron2.engine import default_setup
+from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -12,7 +14,7 @@ from ..data.datasets import check_dataset_names, register_datasets
 from .pretrain import JoinDetTrainer
 from .trainer import Trainer, build_checkpointer
 
-__all__ = ["setup", "main", "trainer_class"]
+__all__ = ["setup", "main", "cli", "trainer_class", "write_results"]
 
 logger = logging.getLogger("joindet")
 
@@ -42,7 +44,20 @@ def trainer_class(cfg):
     return JoinDetTrainer if cfg.MODEL.META_ARCHITECTURE == "JoinDet" else Trainer
 
 
+def write_results(output_dir, results):
+    """Save evaluation results as OUTPUT_DIR/eval_results.json (atomically), for scripts to read."""
+    path = os.path.join(output_dir, "eval_results.json")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2, default=float)
+    os.replace(tmp, path)
+    return path
+
+
 def main(args):
+    """Train (or with ``--eval-only`` evaluate) in this process; returns the evaluation results
+    (a dict dataset -> task -> metric; empty when DATASETS.TEST is empty), also written to
+    OUTPUT_DIR/eval_results.json by the main process."""
     if args.config_file.endswith(".py"):
         from .lazy import lazy_main
 
@@ -52,9 +67,23 @@ def main(args):
         model = trainer_class(cfg).build_model(cfg)
         build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = trainer_class(cfg).test(cfg, model)
-        if comm.is_main_process():
-            logger.info("Evaluation results: %s", results)
-        return results
-    trainer = trainer_class(cfg)(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    else:
+        trainer = trainer_class(cfg)(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()
+        results = getattr(trainer, "_last_eval_results", {})  # set by DefaultTrainer's final evaluation
+    if comm.is_main_process():
+        logger.info("Evaluation results: %s", results)
+        write_results(cfg.OUTPUT_DIR, results)
+    return results
+
+
+def cli(argv=None):
+    """``train_net.py``'s command line: Detectron2's argument parser, then one process per device."""
+    args = default_argument_parser().parse_args(argv)
+    return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+                  dist_url=args.dist_url, args=(args,))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,6 +1,7 @@
 """The hook that creates version 0 of the priors and refreshes them every ``period`` iterations."""
 import json
 import logging
+import os
 import time
 
 import numpy as np
@@ -35,7 +36,8 @@ class PriorRefreshHook(HookBase):
     - the version in use is part of the checkpoint (``state_dict``), so a resumed run continues with
       exactly the supervision it had.
     - statistics of each version go to the event storage (``priors/*``); with ``eval_dicts`` (a dataset
-      with boxes for the same image ids) the prior quality too, and a table in the log.
+      with boxes for the same image ids) the prior quality too, a table in the log, and the quality of every
+      version of this run in ``<bank>/prior_quality.json``.
     """
 
     def __init__(self, *, active_priors, dataset_dicts, dataset_name, init_source, mapper, period, feature_level=-1,
@@ -161,6 +163,10 @@ class PriorRefreshHook(HookBase):
                                                                      "AP", "AP50", "CorLoc")})
             logger.info("Prior quality per version (against %d annotated images):\n%s", len(self.eval_dicts),
                         format_prior_quality_table(self.quality))
+            path = self.active.bank.root / "prior_quality.json"
+            with open(f"{path}.tmp", "w") as f:
+                json.dump(self.quality, f, indent=1)
+            os.replace(f"{path}.tmp", path)
         for k, v in stats.items():
             storage.put_scalar(f"priors/{k}", v, smoothing_hint=False)
         logger.info("Prior bank version %d: %s", version.version, json.dumps({k: round(v, 4) for k, v in stats.items()}))

@@ -1,8 +1,19 @@
-"""Version-0 priors from NCut on the (frozen, pretrained) backbone's features."""
+"""Version-0 priors from NCut: on the (frozen, pretrained) backbone's features, or on the image's colours."""
+import logging
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from detectron2.data.detection_utils import read_image
+
 from .generation import generate_ncut_priors
+from .ncut import priors_from_features
 from .sources import register_prior_source
 
-__all__ = ["NCutBackboneSource"]
+__all__ = ["NCutBackboneSource", "NCutColorSource"]
+
+logger = logging.getLogger("joindet")
 
 
 @register_prior_source("ncut_backbone")
@@ -36,3 +47,42 @@ class NCutBackboneSource:
             model, dataset_dicts, self.mapper, lambda m, batch: m.backbone_patch_features(batch, self.feature),
             batch_size=self.batch_size, **self.ncut)
         return [priors[d["image_id"]] for d in dataset_dicts]
+
+
+@register_prior_source("ncut_color")
+class NCutColorSource:
+    """NCut on the image's own patch-mean colours (no model): a version 0 that sees the image, for set-ups
+    with no pretrained backbone (DESIGN.md section 5). RGB vectors are all close in angle, hence a tau near 1.
+    An image that cannot be read gets no priors (logged)."""
+
+    def __init__(self, *, patch=8, tau=0.99, eps=1e-5, num_rounds=3, topk=30, nms_threshold=0.7):
+        if patch < 1:
+            raise ValueError(f"patch must be >= 1, got {patch}")
+        self.patch = int(patch)
+        self.ncut = dict(tau=tau, eps=eps, num_rounds=num_rounds, topk=topk, nms_threshold=nms_threshold)
+
+    @classmethod
+    def from_config(cls, cfg, mapper=None):
+        n = cfg.JOINDET.NCUT
+        return {"patch": n.COLOR_PATCH, "tau": n.COLOR_TAU, "eps": n.EPS, "num_rounds": n.NUM_ROUNDS,
+                "topk": cfg.JOINDET.PRIORS.TOPK, "nms_threshold": n.NMS_THRESH}
+
+    def cache_key(self):
+        return {"patch": self.patch, **self.ncut}
+
+    def __call__(self, dataset_dicts, model=None):
+        results = []
+        for d in dataset_dicts:
+            try:
+                image = read_image(d["file_name"], format="RGB")
+            except Exception as e:  # a corrupt file: no priors for it, the run goes on
+                logger.warning("ncut_color: cannot read %s (%s): no priors", d["file_name"], e)
+                results.append((np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)))
+                continue
+            x = torch.as_tensor(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+            if min(x.shape[-2:]) < 2 * self.patch:
+                results.append((np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)))
+                continue
+            feats = F.avg_pool2d(x, self.patch).permute(0, 2, 3, 1)
+            results.extend(priors_from_features(feats, [image.shape[:2]], **self.ncut))
+        return results

@@ -20,9 +20,9 @@ from typing import List, Optional, Sequence, Tuple
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from joindet.data.datasets import check_dataset_names
-from joindet.data.synthetic import register_synthetic
 from joindet.evaluation.prior_quality import evaluate_priors, format_prior_quality_table
 from joindet.priors.bank import PriorBank
+from joindet.tools.cli_common import add_synthetic_args, parse_versions, register_synthetic_from_args
 
 __all__ = ["build_parser", "evaluate_bank", "main"]
 
@@ -43,31 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="priors per image at which recall is measured (AP uses the largest)",
     )
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
-    synth = parser.add_argument_group("synthetic dataset (must match the run that wrote the bank)")
-    synth.add_argument("--synthetic-root", default="", help="cache folder ('' = the default cache)")
-    synth.add_argument("--synthetic-num-train", type=int, default=400, help="images in synth_train")
-    synth.add_argument("--synthetic-num-val", type=int, default=100, help="images in synth_val")
-    synth.add_argument("--synthetic-image-size", type=int, default=256, help="side of the synthetic images")
-    synth.add_argument("--synthetic-seed", type=int, default=0, help="synthetic generator seed")
+    add_synthetic_args(parser)
     return parser
-
-
-def _parse_versions(values: Sequence[str], bank: PriorBank) -> List[int]:
-    present = bank.versions()
-    if not present:
-        raise ValueError(f"prior bank {bank.root} holds no complete version")
-    if [v.lower() for v in values] == ["all"]:
-        return present
-    versions = []
-    for v in values:
-        try:
-            versions.append(int(v))
-        except ValueError:
-            raise ValueError(f"--versions takes integers or 'all', got {v!r}") from None
-    absent = [v for v in versions if v not in present]
-    if absent:
-        raise ValueError(f"version(s) {absent} not in prior bank {bank.root} (present: {present})")
-    return versions
 
 
 def _labelled_dicts(name: str) -> List[dict]:
@@ -86,7 +63,7 @@ def evaluate_bank(
     """Evaluate the chosen versions (integers as strings, or ["all"]) of a bank against a
     registered dataset; returns [("v<version>", evaluate_priors result), ...]."""
     bank = PriorBank(bank_dir)
-    chosen = _parse_versions(versions, bank)
+    chosen = parse_versions(versions, bank)
     dicts = _labelled_dicts(dataset)
     return [(f"v{v}", evaluate_priors(bank.read(v), dicts, max_dets=max_dets)) for v in chosen]
 
@@ -95,14 +72,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Tuple[str, dict]]:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        register_synthetic(
-            name_prefix="synth",
-            root=args.synthetic_root or None,
-            num_train=args.synthetic_num_train,
-            num_val=args.synthetic_num_val,
-            image_size=args.synthetic_image_size,
-            seed=args.synthetic_seed,
-        )
+        register_synthetic_from_args(args)
         rows = evaluate_bank(args.bank, args.versions, args.dataset, args.max_dets)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))

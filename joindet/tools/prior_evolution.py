@@ -30,10 +30,10 @@ from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import Visualizer
 
 from joindet.data.datasets import check_dataset_names
-from joindet.data.synthetic import register_synthetic
 from joindet.evaluation.prior_quality import evaluate_priors, format_prior_quality_table
 from joindet.priors.bank import PriorBank
 from joindet.priors.selective_search import selective_search_boxes
+from joindet.tools.cli_common import add_synthetic_args, parse_versions, register_synthetic_from_args
 
 __all__ = [
     "TITLE_HEIGHT",
@@ -259,29 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="the PNG file of the figure")
     parser.add_argument("--quality-plot", default="",
                         help="also plot AR@30 / R50@30 / CorLoc per version to this PNG (needs boxes)")
-    synth = parser.add_argument_group("synthetic dataset (must match the run that wrote the bank)")
-    synth.add_argument("--synthetic-root", default="", help="cache folder ('' = the default cache)")
-    synth.add_argument("--synthetic-num-train", type=int, default=400, help="images in synth_train")
-    synth.add_argument("--synthetic-num-val", type=int, default=100, help="images in synth_val")
-    synth.add_argument("--synthetic-image-size", type=int, default=256, help="side of the synthetic images")
-    synth.add_argument("--synthetic-seed", type=int, default=0, help="synthetic generator seed")
+    add_synthetic_args(parser)
     return parser
-
-
-def _choose_versions(values: Sequence[str], bank: PriorBank) -> List[int]:
-    present = bank.versions()
-    if not present:
-        raise ValueError(f"prior bank {bank.root} holds no complete version")
-    if [v.lower() for v in values] == ["all"]:
-        return present
-    try:
-        versions = [int(v) for v in values]
-    except ValueError:
-        raise ValueError(f"--versions takes integers or 'all', got {list(values)}") from None
-    absent = [v for v in versions if v not in present]
-    if absent:
-        raise ValueError(f"version(s) {absent} not in prior bank {bank.root} (present: {present})")
-    return versions
 
 
 def _choose_images(dicts: Sequence[dict], bank: PriorBank, versions: Sequence[int], num_images: int) -> List[int]:
@@ -314,17 +293,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        register_synthetic(
-            name_prefix="synth",
-            root=args.synthetic_root or None,
-            num_train=args.synthetic_num_train,
-            num_val=args.synthetic_num_val,
-            image_size=args.synthetic_image_size,
-            seed=args.synthetic_seed,
-        )
+        register_synthetic_from_args(args)
         check_dataset_names([args.dataset], "--dataset")
         bank = PriorBank(args.bank)
-        versions = _choose_versions(args.versions, bank)
+        versions = parse_versions(args.versions, bank)
         dicts = DatasetCatalog.get(args.dataset)
         image_ids = args.images if args.images else _choose_images(dicts, bank, versions, args.num_images)
         grid = draw_prior_grid(

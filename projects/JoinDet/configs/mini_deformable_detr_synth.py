@@ -2,7 +2,7 @@
 # -- the LazyConfig twin of configs/mini/deformable_detr_synth.yaml: R18 with trainable BatchNorm (no
 # pretrained weights exist here; FrozenBN with random weights is an identity), nothing frozen, 3 levels
 # (res3-res5), d 128, 8 heads, 3+3 layers, FFN 512, 50 queries, 6 classes, 256 px, batch 8,
-# AdamW 2e-4 for every parameter, 400 iterations.
+# AdamW 2e-4 for every parameter, 360 iterations (lr x0.1 at 300).
 #
 #   python train_net.py --config-file projects/JoinDet/configs/mini_deformable_detr_synth.py
 from .common.data.synthetic import dataloader
@@ -29,9 +29,9 @@ model.num_classes = 6  # joindet.data.synthetic.SHAPE_CLASSES
 optimizer.params.backbone_multiplier = 1.0
 optimizer.params.linear_proj_multiplier = 1.0
 
-# 400 iterations at batch 8 = 8 epochs of the 400 training images; constant lr.
-train.max_iter = 400
-lr_multiplier = step_lr_multiplier(total_iters=400)
+# 360 iterations at batch 8 = 7.2 epochs of the 400 training images; lr x0.1 at iteration 300.
+train.max_iter = 360
+lr_multiplier = step_lr_multiplier(total_iters=360, drop_iters=[300])
 
 train.output_dir = "output/mini_deformable_detr_synth"
 train.checkpointer.period = 100000  # only model_final

@@ -3,8 +3,8 @@
 # JoinDet's heads. No pretrained backbone exists here, so: the R18 trains (BN) and a frozen copy of its
 # initial weights gives the embedding targets (512-d res5); version 0 comes from selective search (NCut on
 # a random network's features finds nothing: DESIGN.md section 5); the encoder's own NCut priors (stride-16
-# level: 16 x 16 patches at 256 px) refresh it every 150 iterations; prior quality of every version is
-# scored against synth_train's boxes. 450 iterations at batch 8, constant lr.
+# level: 16 x 16 patches at 256 px) refresh it every 100 iterations; prior quality of every version is
+# scored against synth_train's boxes. 300 iterations at batch 8, constant lr.
 #
 #   python train_net.py --config-file projects/JoinDet/configs/mini_joindet_pretrain_synth.py
 from .common.data.pretrain_priors import joindet
@@ -40,10 +40,10 @@ joindet.priors.topk = 30
 joindet.priors.eval_dataset = "synth_train"  # the same images with their boxes: prior quality per version
 joindet.ncut.feature_level = 1  # stride-16 level: 16 x 16 patches at 256 px
 joindet.ncut.batch_size = 8
-joindet.update_period_iters = 150
+joindet.update_period_iters = 100
 
-train.max_iter = 450
-lr_multiplier = step_lr_multiplier(total_iters=450)
+train.max_iter = 300
+lr_multiplier = step_lr_multiplier(total_iters=300)
 
 train.output_dir = "output/mini_pretrain_synth"
 train.checkpointer.period = 100000  # only model_final

@@ -15,7 +15,7 @@
 joindet = dict(
     priors=dict(
         bank_dir="",  # prior bank folder; "" = train.output_dir/prior_bank
-        init_source="ncut_backbone",  # version-0 source (PRIOR_SOURCE_REGISTRY name)
+        init_source="ncut_backbone",  # version 0: ncut_backbone, ncut_color, selective_search, random_crops
         topk=30,  # priors kept per image (K)
         min_side=128,  # selective search: shorter side the image is resized to (DETReg)
         num_workers=2,  # processes computing selective-search priors
@@ -30,6 +30,8 @@ joindet = dict(
         nms_thresh=0.7,  # NMS over an image's priors before the top K
         feature_level=-1,  # encoder level whose patch features are cut (index into the levels)
         backbone_feature="res4",  # backbone feature cut by the ncut_backbone source
+        color_patch=8,  # ncut_color source: patch size (pixels) of the mean colours
+        color_tau=0.99,  # ncut_color source: tau on RGB vectors (all close in angle)
         batch_size=4,  # images per batch when generating priors
     ),
     smooth=dict(
@@ -53,6 +55,14 @@ joindet = dict(
             topk="${joindet.priors.topk}",
             min_side="${joindet.priors.min_side}",
             num_workers="${joindet.priors.num_workers}",
+        ),
+        ncut_color=dict(
+            patch="${joindet.ncut.color_patch}",
+            tau="${joindet.ncut.color_tau}",
+            eps="${joindet.ncut.eps}",
+            num_rounds="${joindet.ncut.num_rounds}",
+            topk="${joindet.priors.topk}",
+            nms_threshold="${joindet.ncut.nms_thresh}",
         ),
         random_crops=dict(topk="${joindet.priors.topk}", seed="${joindet.priors.seed}"),
     ),

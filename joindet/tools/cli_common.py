@@ -1,0 +1,40 @@
+"""Command-line pieces shared by the bank tools (eval_priors, prior_evolution)."""
+from typing import List, Sequence
+
+from ..data.synthetic import register_synthetic
+from ..priors.bank import PriorBank
+
+__all__ = ["add_synthetic_args", "register_synthetic_from_args", "parse_versions"]
+
+
+def add_synthetic_args(parser):
+    """The synthetic-set options (they must match the run that wrote the bank)."""
+    synth = parser.add_argument_group("synthetic dataset (must match the run that wrote the bank)")
+    synth.add_argument("--synthetic-root", default="", help="cache folder ('' = the default cache)")
+    synth.add_argument("--synthetic-num-train", type=int, default=400, help="images in synth_train")
+    synth.add_argument("--synthetic-num-val", type=int, default=100, help="images in synth_val")
+    synth.add_argument("--synthetic-image-size", type=int, default=256, help="side of the synthetic images")
+    synth.add_argument("--synthetic-seed", type=int, default=0, help="synthetic generator seed")
+    return parser
+
+
+def register_synthetic_from_args(args):
+    register_synthetic(name_prefix="synth", root=args.synthetic_root or None, num_train=args.synthetic_num_train,
+                       num_val=args.synthetic_num_val, image_size=args.synthetic_image_size, seed=args.synthetic_seed)
+
+
+def parse_versions(values: Sequence[str], bank: PriorBank) -> List[int]:
+    """``--versions`` (integers, or ``all``) checked against the bank's complete versions."""
+    present = bank.versions()
+    if not present:
+        raise ValueError(f"prior bank {bank.root} holds no complete version")
+    if [v.lower() for v in values] == ["all"]:
+        return present
+    try:
+        versions = [int(v) for v in values]
+    except ValueError:
+        raise ValueError(f"--versions takes integers or 'all', got {list(values)}") from None
+    absent = [v for v in versions if v not in present]
+    if absent:
+        raise ValueError(f"version(s) {absent} not in prior bank {bank.root} (present: {present})")
+    return versions
