@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.joindet-installed
 D2_VERSION := 0.7.2
 D2_WHEELS  := $(VENV)/wheels
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: all setup test demo clean-venv
 
@@ -35,7 +36,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 demo: $(STAMP)
-	$(PY) -m joindet.demo
+	$(PY) -m joindet.demo $(DEMO_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -174,8 +174,9 @@ class SelectiveSearchSource:
         num_workers: worker processes (a ``multiprocessing`` pool, one OpenCV thread each);
             0 computes in the calling process.
         mode: "fast" (DETReg) or "quality".
-        start_method: the pool's start method; None: "fork" on Linux (the workers only run
-            OpenCV and PIL), the platform's default elsewhere.
+        start_method: the pool's start method; None: "forkserver" where available (workers forked
+            from a clean server process: a plain fork of a process whose OpenCV thread pool has run
+            leaves the children deadlocked in OpenCV), else the platform's default.
     """
 
     def __init__(self, topk: int = 30, min_side: Optional[int] = 128, num_workers: int = 2,
@@ -207,9 +208,12 @@ class SelectiveSearchSource:
 
     def _context(self):
         method = self.start_method
-        if method is None and sys.platform.startswith("linux"):
-            method = "fork"
-        return multiprocessing.get_context(method)
+        if method is None and "forkserver" in multiprocessing.get_all_start_methods():
+            method = "forkserver"
+        ctx = multiprocessing.get_context(method)
+        if method == "forkserver":
+            ctx.set_forkserver_preload([__name__])  # imported once in the server, not per worker
+        return ctx
 
     def __call__(self, dataset_dicts: Sequence[dict], model=None) -> PriorList:
         """
