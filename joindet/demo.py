@@ -42,7 +42,9 @@ def _run(config_file, opts, output_dir):
 
 
 def _ap_table(results):
-    bbox = next(iter(results.values()))["bbox"]
+    """Markdown table of the bbox AP in ``results`` (Detectron2 returns {"bbox": ...} for one test set,
+    {dataset: {"bbox": ...}} for several: the first is shown)."""
+    bbox = results["bbox"] if "bbox" in results else next(iter(results.values()))["bbox"]
     keys = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
     return ("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n| "
             + " | ".join(f"{bbox[k]:.1f}" for k in keys) + " |")
