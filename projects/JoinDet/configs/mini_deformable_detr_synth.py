@@ -7,27 +7,13 @@
 #   python train_net.py --config-file projects/JoinDet/configs/mini_deformable_detr_synth.py
 from .common.data.synthetic import dataloader
 from .common.models.deformable_detr import model
+from .common.models.mini import make_mini
 from .common.optim import AdamW as optimizer
 from .common.schedule import step_lr_multiplier
 from .common.train import train
 
-model.backbone.stem.norm = "BN"
-model.backbone.stages.depth = 18
-model.backbone.stages.norm = "BN"
-del model.backbone.stages.stride_in_1x1  # R18's BasicBlock has no bottleneck stride option
-model.backbone.freeze_at = 0
-model.transformer.num_feature_levels = 3
-model.transformer.d_model = 128
-model.transformer.nhead = 8
-model.transformer.num_encoder_layers = 3
-model.transformer.num_decoder_layers = 3
-model.transformer.dim_feedforward = 512
-model.criterion.weight_dict.num_aux = 2  # num_decoder_layers - 1
-model.num_queries = 50
+make_mini(model, optimizer)
 model.num_classes = 6  # joindet.data.synthetic.SHAPE_CLASSES
-
-optimizer.params.backbone_multiplier = 1.0
-optimizer.params.linear_proj_multiplier = 1.0
 
 # 360 iterations at batch 8 = 7.2 epochs of the 400 training images; lr x0.1 at iteration 300.
 train.max_iter = 360

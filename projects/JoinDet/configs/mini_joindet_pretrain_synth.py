@@ -10,30 +10,15 @@
 from .common.data.pretrain_priors import joindet
 from .common.data.pretrain_synthetic import dataloader
 from .common.models.joindet import model
+from .common.models.mini import make_mini
 from .common.optim import AdamW as optimizer
 from .common.schedule import step_lr_multiplier
 from .common.train import train
 
-# mini_deformable_detr_synth.py's model
-model.backbone.stem.norm = "BN"
-model.backbone.stages.depth = 18
-model.backbone.stages.norm = "BN"
-del model.backbone.stages.stride_in_1x1  # R18's BasicBlock has no bottleneck stride option
-model.backbone.freeze_at = 0  # the backbone trains
-model.transformer.num_feature_levels = 3
-model.transformer.d_model = 128
-model.transformer.nhead = 8
-model.transformer.num_encoder_layers = 3
-model.transformer.num_decoder_layers = 3
-model.transformer.dim_feedforward = 512
-model.criterion.weight_dict.num_aux = 2  # num_decoder_layers - 1
-model.num_queries = 50
+make_mini(model, optimizer)
 # JoinDet's heads
 model.embed_dim = 512  # R18 res5 channels
 model.embed_encoder = "frozen_copy"
-
-optimizer.params.backbone_multiplier = 1.0
-optimizer.params.linear_proj_multiplier = 1.0
 
 joindet.priors.init_source = "selective_search"
 joindet.priors.topk = 30
