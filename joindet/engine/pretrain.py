@@ -106,7 +106,8 @@ class JoinDetTrainer(Trainer):
         super().__init__(cfg)
 
     def build_train_loader(self, cfg):  # an instance method: the mapper shares self.active_priors
-        dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
+        # kept for build_hooks: the refresh hook walks the same images (loaded once)
+        self._pretrain_dicts = dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
         mapper = JoinDetDatasetMapper(cfg, active_priors=self.active_priors)
         return build_detection_train_loader(cfg, dataset=dicts, mapper=mapper)
 
@@ -116,7 +117,7 @@ class JoinDetTrainer(Trainer):
         test_mapper = DetrDatasetMapper(cfg, is_train=False)
         self.prior_hook = build_prior_refresh_hook(
             active_priors=self.active_priors,
-            dataset_dicts=get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False),
+            dataset_dicts=self._pretrain_dicts,
             dataset_name="+".join(cfg.DATASETS.TRAIN),
             init_source=build_prior_source_from_cfg(cfg, test_mapper),
             mapper=test_mapper,
