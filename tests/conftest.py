@@ -3,9 +3,13 @@
 with tiny overrides, and batches of mapped synthetic images."""
 
 import os
+import random
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -53,6 +57,34 @@ TINY_MODEL_OPTS = [
     "MODEL.DEFORMABLE_DETR.DIM_FEEDFORWARD", "128",
     "MODEL.DEFORMABLE_DETR.NUM_DETECTIONS", "20",
 ]
+
+
+TEST_SEED = 0  # every test starts from this seed; every train_net.py subprocess runs with it
+
+
+@pytest.fixture(autouse=True)
+def fixed_seeds():
+    """Seed Python, numpy and torch before every test: augmentations, samplers and initialisations of
+    in-process runs are the same on every run of the suite."""
+    random.seed(TEST_SEED)
+    np.random.seed(TEST_SEED)
+    torch.manual_seed(TEST_SEED)
+
+
+def run_train_net(args, env, timeout=240):
+    """Run ``train_net.py`` ``args`` in the repo root with a fixed seed (``SEED``, or ``train.seed`` for a
+    ``.py`` config, appended unless ``args`` sets it): the subprocess's data order and augmentations are
+    the same on every run. Returns the CompletedProcess, stdout and stderr merged."""
+    args = [str(a) for a in args]
+    lazy = any(a.endswith(".py") for a in args)
+    if lazy and not any(a.startswith("train.seed=") for a in args):
+        args.append(f"train.seed={TEST_SEED}")
+    elif not lazy and "SEED" not in args:
+        args += ["SEED", str(TEST_SEED)]
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train_net.py"), *args],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+    )
 
 
 def free_port():

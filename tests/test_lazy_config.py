@@ -11,9 +11,6 @@ import math
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +26,8 @@ from joindet.config import add_joindet_config, resolve_epochs
 from joindet.data.mapper import DetrDatasetMapper
 from joindet.engine.lazy import check_aux_loss_weights, lazy_main, register_lazy_datasets
 from joindet.engine.optimizer import build_optimizer, with_full_model_clipping
+
+from conftest import free_port, run_train_net
 
 REPO = Path(__file__).resolve().parents[1]
 LAZY_DIR = REPO / "projects" / "JoinDet" / "configs"
@@ -110,20 +109,11 @@ def load_schedule_module():
     return module
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def run_train_net(args, env, timeout=240):
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train_net.py"), *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
-    )
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-6000:]
-    return output
+def run_lazy_train_net(args, env, timeout=240):
+    """``train_net.py`` ``args`` (conftest's seeded runner); asserts success and returns the output."""
+    proc = run_train_net(args, env, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    return proc.stdout
 
 
 def csv_values(output):
@@ -150,11 +140,12 @@ def trained_run(lazy_cache, tmp_path_factory):
     """``train_net.py`` on the mini LazyConfig: 2 iterations in 2 processes (gloo DDP on the CPU).
     Returns (output dir, captured output)."""
     out = tmp_path_factory.mktemp("lazy_train") / "output"
-    output = run_train_net(
+    output = run_lazy_train_net(
         [
             "--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{free_port()}",
             "--config-file", str(LAZY_MINI),
             "train.max_iter=2", f"train.output_dir={out}", *TINY_OPTS,
+            "dataloader.train.total_batch_size=4",  # 2 images per process: the mini R18's BatchNorm trains
         ],
         # one thread per process: two processes share the CPU cores
         env={**os.environ, "JOINDET_CACHE": str(lazy_cache), "OMP_NUM_THREADS": "1"},
@@ -320,7 +311,7 @@ def test_train_net_lazy_trains_checkpoints_and_evaluates(trained_run):
 
 def test_train_net_lazy_eval_only(trained_run, lazy_cache, tmp_path):
     out, _ = trained_run
-    output = run_train_net(
+    output = run_lazy_train_net(
         [
             "--eval-only", "--config-file", str(LAZY_MINI),
             f"train.init_checkpoint={out / 'model_final.pth'}", f"train.output_dir={tmp_path / 'eval'}", *TINY_OPTS,

@@ -50,7 +50,7 @@ from test_lazy_config import (
     lr_and_decay_by_name,
     mapper_signature,
     param_table,
-    run_train_net,
+    run_lazy_train_net,
     yaml_cfg,
 )
 
@@ -342,7 +342,7 @@ def pretrain_run(lazy_cache, tmp_path_factory):
         if name.startswith("backbone."):
             init[name] = param.detach() + 0.01 * torch.randn_like(param)
     torch.save({"model": init}, root / "init.pth")
-    output = run_train_net(
+    output = run_lazy_train_net(
         ["--config-file", str(LAZY_DIR / "mini_joindet_pretrain_synth.py"), f"train.output_dir={out}",
          f"train.init_checkpoint={root / 'init.pth'}", *PRETRAIN_TINY],
         env={**os.environ, "JOINDET_CACHE": str(lazy_cache), "OMP_NUM_THREADS": "1"},
@@ -410,7 +410,7 @@ def test_lazy_pretraining_resumes_with_the_checkpointed_version(pretrain_run, la
 def test_train_net_lazy_finetunes_from_the_pretraining_checkpoint(pretrain_run, lazy_cache, tmp_path):
     pretrained, _, _ = pretrain_run
     out = tmp_path / "finetune"
-    output = run_train_net(
+    output = run_lazy_train_net(
         ["--config-file", str(LAZY_DIR / "mini_finetune_synth_10pct.py"),
          f"train.init_checkpoint={pretrained / 'model_final.pth'}", f"train.output_dir={out}", *FINETUNE_TINY],
         env={**os.environ, "JOINDET_CACHE": str(lazy_cache), "OMP_NUM_THREADS": "1"},

@@ -5,8 +5,6 @@ pretraining config builds the full model and steps on the CPU, and bad settings 
 
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -22,7 +20,7 @@ from joindet.priors.bank import PriorBank
 from joindet.priors.box_smooth import smooth_priors
 from joindet.priors.sources import RandomCropSource
 
-from conftest import REPO_ROOT, TINY_DATA_OPTS, TINY_MODEL_OPTS, build_cfg, free_port
+from conftest import REPO_ROOT, TINY_DATA_OPTS, TINY_MODEL_OPTS, build_cfg, free_port, run_train_net
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -196,14 +194,14 @@ def test_an_image_without_ncut_priors_keeps_its_previous_ones(refresh_run):
 
 def test_two_gloo_processes_build_a_complete_bank(subprocess_env, tmp_path):
     out = tmp_path / "ddp"
-    run = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "train_net.py"), "--config-file", str(PRETRAIN_CONFIG),
+    run = run_train_net(
+        ["--config-file", str(PRETRAIN_CONFIG),
          "--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{free_port()}",
          *TINY_DATA_OPTS, *TINY_MODEL_OPTS, *TINY_PRETRAIN_OPTS,
          "JOINDET.PRIORS.INIT_SOURCE", "selective_search", "JOINDET.PRIORS.MIN_SIDE", "64",
-         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "4", "JOINDET.UPDATE_PERIOD_ITERS", "2",
+         "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "4", "JOINDET.UPDATE_PERIOD_ITERS", "2",
          "OUTPUT_DIR", str(out)],
-        cwd=REPO_ROOT, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=240,
+        subprocess_env,
     )
     assert run.returncode == 0, run.stdout[-5000:]
     bank = PriorBank(out / "prior_bank")

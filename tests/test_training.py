@@ -6,8 +6,6 @@ import json
 import os
 import random
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,13 +14,15 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_argument_parser
+from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm
 
 from joindet.data.mapper import DetrDatasetMapper
 from joindet.engine.optimizer import build_optimizer
-from joindet.engine.trainer import Trainer
+from joindet.engine.trainer import Trainer, check_batch_norm_batch
 
 from conftest import (
     COCO_CONFIG, MINI_CONFIG, REPO_ROOT, TINY_DATA_OPTS, TINY_MODEL_OPTS, build_cfg, free_port, mapped_batch,
+    run_train_net,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -36,14 +36,6 @@ def _seed(seed=0):
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
-
-
-def _train_net(args, env, timeout=240):
-    """Run ``train_net.py`` in the repo root; returns the CompletedProcess (stdout + stderr merged)."""
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "train_net.py"), *args],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
-    )
 
 
 def _ap_values(output):
@@ -121,7 +113,7 @@ def test_checkpoint_round_trip(make_cfg):
 def test_train_net_trains_then_evaluates_its_checkpoint(subprocess_env, tmp_path):
     out = tmp_path / "run"
     opts = [*TINY_DATA_OPTS, *TINY_MODEL_OPTS, "OUTPUT_DIR", str(out)]
-    run = _train_net(["--config-file", str(MINI_CONFIG), *opts], subprocess_env)
+    run = run_train_net(["--config-file", str(MINI_CONFIG), *opts], subprocess_env)
     assert run.returncode == 0, run.stdout[-5000:]
     weights = out / "model_final.pth"
     assert weights.is_file()
@@ -131,7 +123,7 @@ def test_train_net_trains_then_evaluates_its_checkpoint(subprocess_env, tmp_path
     assert 0 < len(detections) <= 4 * 20  # 4 val images, at most NUM_DETECTIONS each
     results_file.unlink()
 
-    run = _train_net(["--config-file", str(MINI_CONFIG), "--eval-only", *opts, "MODEL.WEIGHTS", str(weights)],
+    run = run_train_net(["--config-file", str(MINI_CONFIG), "--eval-only", *opts, "MODEL.WEIGHTS", str(weights)],
                      subprocess_env)
     assert run.returncode == 0, run.stdout[-5000:]
     assert f"Loading from {weights}" in run.stdout
@@ -143,9 +135,9 @@ def test_train_net_trains_then_evaluates_its_checkpoint(subprocess_env, tmp_path
 
 def test_train_net_two_gloo_processes_on_cpu(subprocess_env, tmp_path):
     out = tmp_path / "ddp"
-    run = _train_net([
+    run = run_train_net([
         "--config-file", str(MINI_CONFIG), "--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{free_port()}",
-        *TINY_DATA_OPTS, *TINY_MODEL_OPTS, "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "3",
+        *TINY_DATA_OPTS, *TINY_MODEL_OPTS, "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "3",
         "OUTPUT_DIR", str(out),
     ], subprocess_env)
     assert run.returncode == 0, run.stdout[-5000:]
@@ -194,6 +186,40 @@ def test_every_shipped_yaml_config_loads_and_validates(config_file):
     """yacs checks value types: e.g. ``SOLVER.EPOCHS: 50`` (an int) against the float default fails."""
     cfg = build_cfg(config_file=config_file, tiny_model=False, data_opts=False)
     assert cfg.MODEL.META_ARCHITECTURE in ("DeformableDETR", "JoinDet")
+
+
+def _bn_net():
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+
+
+def test_batch_norm_with_one_image_per_process_is_refused():
+    net = _bn_net().train()
+    with pytest.raises(ValueError, match=r"SOLVER\.IMS_PER_BATCH = 2 on 2 process\(es\) gives 1 image.*'1'.*"
+                                         r"MODEL\.RESNETS\.NORM"):
+        check_batch_norm_batch(net, total_batch_size=2, world_size=2)
+    with pytest.raises(ValueError, match="SOLVER.IMS_PER_BATCH >= 2"):
+        check_batch_norm_batch(net, total_batch_size=1, world_size=1)
+    check_batch_norm_batch(net, total_batch_size=4, world_size=2)  # 2 images per process: trains
+    check_batch_norm_batch(net.eval(), total_batch_size=1, world_size=1)  # BN in eval mode: frozen statistics
+    frozen = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), FrozenBatchNorm2d(4)).train()
+    check_batch_norm_batch(frozen, total_batch_size=1, world_size=1)
+    synced = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), NaiveSyncBatchNorm(4)).train()
+    check_batch_norm_batch(synced, total_batch_size=2, world_size=2)  # statistics over both processes
+    with pytest.raises(ValueError, match="1 image per process"):
+        check_batch_norm_batch(synced, total_batch_size=1, world_size=1)  # nothing to sync with
+    with pytest.raises(ValueError, match=r"dataloader\.train\.total_batch_size"):
+        check_batch_norm_batch(net.train(), 1, 1, batch_key="dataloader.train.total_batch_size")
+
+
+def test_trainable_batch_norm_with_one_image_fails_at_start_up(make_cfg):
+    """The combination that used to die mid-run (a 1x1 res5 map of a small crop, trainable BN, one image
+    per process) is refused when the trainer is built, before any iteration."""
+    cfg = make_cfg("SOLVER.IMS_PER_BATCH", "1")
+    assert cfg.MODEL.RESNETS.NORM == "BN"
+    with pytest.raises(ValueError, match=r"MODEL\.RESNETS\.NORM.*'FrozenBN'"):
+        Trainer(cfg)
+    cfg = make_cfg("SOLVER.IMS_PER_BATCH", "1", "MODEL.RESNETS.NORM", "FrozenBN")
+    Trainer(cfg)  # FrozenBN: one image per process is fine
 
 
 def test_unknown_training_dataset_is_named(synthetic_cache, tmp_path):

@@ -39,8 +39,7 @@ from ..modeling.joindet import JoinDet
 from ..priors.active import ActivePriors
 from ..priors.sources import PRIOR_SOURCE_REGISTRY, build_prior_source
 from .pretrain import build_prior_refresh_hook, insert_prior_hook, prior_settings_from_cfg, resolve_bank_dir
-from .prior_hook import unwrap_model
-from .trainer import create_ddp_model_any_device
+from .trainer import check_batch_norm_batch, create_ddp_model_any_device, unwrap_model
 
 __all__ = [
     "lazy_setup",
@@ -288,6 +287,8 @@ def do_train(args, cfg):
 
     model = create_ddp_model_any_device(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+    check_batch_norm_batch(unwrap_model(model), cfg.dataloader.train.total_batch_size, comm.get_world_size(),
+                           batch_key="dataloader.train.total_batch_size", norm_key="model.backbone.stages.norm")
     checkpointer = JoinDetCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     last_results = {}
 

@@ -13,8 +13,8 @@ from ..data.mapper import DetrDatasetMapper
 from ..data.pretrain_mapper import JoinDetDatasetMapper
 from ..priors.active import ActivePriors
 from ..priors.sources import build_prior_source_from_cfg
-from .prior_hook import PriorRefreshHook, unwrap_model
-from .trainer import Trainer
+from .prior_hook import PriorRefreshHook
+from .trainer import Trainer, unwrap_model
 
 __all__ = [
     "JoinDetTrainer",

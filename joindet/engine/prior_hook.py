@@ -13,15 +13,11 @@ from ..evaluation.prior_quality import evaluate_priors, format_prior_quality_tab
 from ..priors.box_smooth import mean_best_iou, smooth_priors
 from ..priors.generation import gather_priors, generate_ncut_priors, shard
 from ..priors.sources import prior_source_name, version0_cache_key
+from .trainer import unwrap_model
 
-__all__ = ["PriorRefreshHook", "unwrap_model"]
+__all__ = ["PriorRefreshHook"]
 
 logger = logging.getLogger("joindet")
-
-
-def unwrap_model(model):
-    """The module inside a DistributedDataParallel wrapper (or the model itself)."""
-    return getattr(model, "module", model)
 
 
 class PriorRefreshHook(HookBase):

@@ -3,17 +3,25 @@ import contextlib
 import os
 import weakref
 
+from torch import nn
+
 import detectron2.engine.defaults as d2_defaults
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
 from detectron2.evaluation import COCOEvaluator
+from detectron2.layers import NaiveSyncBatchNorm
 
 from ..checkpoint import JoinDetCheckpointer
 from ..data.mapper import DetrDatasetMapper
 from .optimizer import build_optimizer
 
-__all__ = ["Trainer", "create_ddp_model_any_device", "has_compiled_ops"]
+__all__ = ["Trainer", "check_batch_norm_batch", "create_ddp_model_any_device", "has_compiled_ops", "unwrap_model"]
+
+
+def unwrap_model(model):
+    """The module inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
 
 
 def has_compiled_ops():
@@ -23,6 +31,38 @@ def has_compiled_ops():
     except ImportError:
         return False
     return True
+
+
+def check_batch_norm_batch(model, total_batch_size, world_size, *, batch_key="SOLVER.IMS_PER_BATCH",
+                           norm_key="MODEL.RESNETS.NORM"):
+    """Refuse, before the first iteration, a run whose BatchNorm layers would see one image at a time.
+
+    A BatchNorm layer in training mode normalises over the images of its own process (unless it is synced
+    across processes). With one image per process its statistics are those of a single image, and on a
+    small random crop (a 1x1 ``res5`` map) it cannot normalise at all and the run dies mid-training.
+    Call this once the model is in the mode training uses (frozen parts in eval mode).
+
+    Args:
+        model: the (unwrapped) model, in training mode.
+        total_batch_size: images per iteration over all processes.
+        world_size: number of training processes.
+        batch_key, norm_key: the config keys named in the error (the LazyConfig route passes its own).
+    Raises ``ValueError`` naming the keys, the values and the offending layers.
+    """
+    per_process = total_batch_size // max(world_size, 1)
+    if per_process >= 2:
+        return
+    synced = (nn.SyncBatchNorm, NaiveSyncBatchNorm) if world_size > 1 else ()
+    offenders = [name for name, m in model.named_modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and not isinstance(m, synced)]
+    if offenders:
+        raise ValueError(
+            f"{batch_key} = {total_batch_size} on {world_size} process(es) gives {per_process} image per process, "
+            f"but {len(offenders)} BatchNorm layer(s) train on each process's own batch (e.g. {offenders[0]!r}, "
+            f"from {norm_key} = 'BN'): one image per process gives single-image statistics and fails on a 1x1 "
+            f"feature map. Use at least 2 images per process ({batch_key} >= {2 * world_size}), a norm synced "
+            f"across processes ({norm_key} 'naiveSyncBN' or 'SyncBN', with more than one process), or 'FrozenBN' "
+            "for a pretrained backbone.")
 
 
 def create_ddp_model_any_device(model, **kwargs):
@@ -55,6 +95,8 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         with _cpu_ddp_support():
             super().__init__(cfg)
+        # SimpleTrainer put the model in training mode: refuse now a batch that BatchNorm cannot train on
+        check_batch_norm_batch(unwrap_model(self.model), cfg.SOLVER.IMS_PER_BATCH, comm.get_world_size())
 
     def build_hooks(self):
         # DefaultTrainer.__init__ made a DetectionCheckpointer just before calling build_hooks; use

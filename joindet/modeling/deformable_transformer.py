@@ -7,7 +7,6 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .deformable_attention import MSDeformAttn
 from .utils import clones, inverse_sigmoid

@@ -27,7 +27,6 @@ import json
 import logging
 import multiprocessing
 import numbers
-import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
