@@ -21,7 +21,8 @@ from joindet.data.datasets import register_datasets
 from joindet.data.mapper import DetrDatasetMapper
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MINI_CONFIG = REPO_ROOT / "configs" / "mini" / "deformable_detr_synth.yaml"
+MINI_CONFIG = REPO_ROOT / "configs" / "mini" / "deformable_detr_synth.yaml"  # frozen pretrained Lite0
+MINI_R18_CONFIG = REPO_ROOT / "configs" / "mini" / "deformable_detr_synth_r18.yaml"  # R18 trained from scratch
 COCO_CONFIG = REPO_ROOT / "configs" / "deformable_detr_r50_coco.yaml"
 
 TINY_IMAGE_SIZE = 64
@@ -47,8 +48,8 @@ TINY_DATA_OPTS = [
     "TEST.EVAL_PERIOD", "0",
 ]
 
-# The tiny model of the model tests: d 64, 2+2 layers, 10 queries, FFN 128, R18 with trainable BN
-# (from the mini config). NUM_DETECTIONS must stay <= NUM_QUERIES * NUM_CLASSES (10 * 6).
+# The tiny model of the model tests: d 64, 2+2 layers, 10 queries, FFN 128 (the backbone is the mini
+# config's: the frozen Lite0, or the R18 with trainable BN of MINI_R18_CONFIG). NUM_DETECTIONS must stay <= NUM_QUERIES * NUM_CLASSES (10 * 6).
 TINY_MODEL_OPTS = [
     "MODEL.DEFORMABLE_DETR.HIDDEN_DIM", "64",
     "MODEL.DEFORMABLE_DETR.ENC_LAYERS", "2",

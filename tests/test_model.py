@@ -12,7 +12,7 @@ from detectron2.structures import Boxes, Instances
 
 from joindet.config import validate_config
 
-from conftest import MINI_CONFIG, TINY_IMAGE_SIZE, build_cfg
+from conftest import MINI_CONFIG, MINI_R18_CONFIG, TINY_IMAGE_SIZE, build_cfg
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -27,10 +27,10 @@ SCALES = {
 VARIANTS = {"plain": (False, False), "refine": (True, False), "two_stage": (True, True)}
 
 
-def _model(scale, variant, *opts):
+def _model(scale, variant, *opts, config_file=MINI_CONFIG):
     in_features, levels = SCALES[scale]
     refine, two_stage = VARIANTS[variant]
-    cfg = build_cfg([
+    cfg = build_cfg(config_file=config_file, opts=[
         "MODEL.DEFORMABLE_DETR.IN_FEATURES", in_features,
         "MODEL.DEFORMABLE_DETR.NUM_FEATURE_LEVELS", levels,
         "MODEL.DEFORMABLE_DETR.WITH_BOX_REFINE", refine,
@@ -39,6 +39,17 @@ def _model(scale, variant, *opts):
     ])
     torch.manual_seed(0)
     return cfg, build_model(cfg)
+
+
+def test_frozen_timm_backbone_gets_no_gradient_and_everything_else_does():
+    cfg, model = _model("multi3", "plain")  # the mini config: frozen ImageNet Lite0
+    assert type(model.backbone).__name__ == "TimmBackbone"
+    model.train()
+    assert not model.backbone.training  # frozen: BatchNorm statistics stay fixed
+    sum(model(_inputs(2)).values()).backward()
+    assert all(p.grad is None and not p.requires_grad for p in model.backbone.parameters())
+    unused = sorted(n for n, p in model.named_parameters() if p.requires_grad and p.grad is None)
+    assert not unused, unused
 
 
 def _inputs(count=2, size=TINY_IMAGE_SIZE, original=None, seed=0):
@@ -72,7 +83,7 @@ def _expected_loss_keys(dec_layers, two_stage):
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("scale", sorted(SCALES))
 def test_train_losses_gradients_and_inference(scale, variant):
-    cfg, model = _model(scale, variant)
+    cfg, model = _model(scale, variant, config_file=MINI_R18_CONFIG)  # a trainable backbone: gradients reach it
     d = cfg.MODEL.DEFORMABLE_DETR
     assert model.transformer.level_embed.shape == (SCALES[scale][1], 64)
     assert len(model.input_proj) == SCALES[scale][1]

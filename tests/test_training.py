@@ -21,7 +21,7 @@ from joindet.engine.optimizer import build_optimizer
 from joindet.engine.trainer import Trainer, check_batch_norm_batch
 
 from conftest import (
-    COCO_CONFIG, MINI_CONFIG, REPO_ROOT, TINY_DATA_OPTS, TINY_MODEL_OPTS, build_cfg, free_port, mapped_batch,
+    COCO_CONFIG, MINI_CONFIG, MINI_R18_CONFIG, REPO_ROOT, TINY_DATA_OPTS, TINY_MODEL_OPTS, build_cfg, free_port, mapped_batch,
     run_train_net,
 )
 
@@ -214,12 +214,12 @@ def test_batch_norm_with_one_image_per_process_is_refused():
 def test_trainable_batch_norm_with_one_image_fails_at_start_up(make_cfg):
     """The combination that used to die mid-run (a 1x1 res5 map of a small crop, trainable BN, one image
     per process) is refused when the trainer is built, before any iteration."""
-    cfg = make_cfg("SOLVER.IMS_PER_BATCH", "1")
+    cfg = make_cfg("SOLVER.IMS_PER_BATCH", "1", config_file=MINI_R18_CONFIG)
     assert cfg.MODEL.RESNETS.NORM == "BN"
     with pytest.raises(ValueError, match=r"MODEL\.RESNETS\.NORM.*'FrozenBN'"):
         Trainer(cfg)
-    cfg = make_cfg("SOLVER.IMS_PER_BATCH", "1", "MODEL.RESNETS.NORM", "FrozenBN")
-    Trainer(cfg)  # FrozenBN: one image per process is fine
+    Trainer(make_cfg("SOLVER.IMS_PER_BATCH", "1", "MODEL.RESNETS.NORM", "FrozenBN", config_file=MINI_R18_CONFIG))
+    Trainer(make_cfg("SOLVER.IMS_PER_BATCH", "1"))  # the frozen Lite0 of the mini config: fine too
 
 
 def test_unknown_training_dataset_is_named(synthetic_cache, tmp_path):

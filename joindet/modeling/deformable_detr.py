@@ -130,7 +130,8 @@ class DeformableDETR(nn.Module):
         if missing:
             raise ValueError(
                 f"MODEL.DEFORMABLE_DETR.IN_FEATURES {missing} are not produced by the backbone "
-                f"(it produces {sorted(backbone.output_shape())}; set MODEL.RESNETS.OUT_FEATURES)"
+                f"(it produces {sorted(backbone.output_shape())}; set MODEL.RESNETS.OUT_FEATURES or "
+                "MODEL.TIMM.OUT_FEATURES)"
             )
         transformer = DeformableTransformer(
             d_model=d.HIDDEN_DIM,

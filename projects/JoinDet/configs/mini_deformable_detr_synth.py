@@ -1,8 +1,7 @@
-# A small Deformable DETR trained from scratch on the built-in synthetic shapes, sized for a 2-core CPU
-# -- the LazyConfig twin of configs/mini/deformable_detr_synth.yaml: R18 with trainable BatchNorm (no
-# pretrained weights exist here; FrozenBN with random weights is an identity), nothing frozen, 3 levels
-# (res3-res5), d 128, 8 heads, 3+3 layers, FFN 512, 50 queries, 6 classes, 256 px, batch 8,
-# AdamW 2e-4 for every parameter, 360 iterations (lr x0.1 at 300).
+# A small Deformable DETR on the built-in synthetic shapes, sized for a 2-core CPU -- the LazyConfig twin
+# of configs/mini/deformable_detr_synth.yaml: the frozen ImageNet EfficientNet-Lite0 backbone (timm,
+# res3-res5), 3 levels, d 128, 8 heads, 3+3 layers, FFN 512, 50 queries, 6 classes, 256 px, batch 8,
+# AdamW 2e-4 for every trained parameter, 360 iterations (lr x0.1 at 300).
 #
 #   python train_net.py --config-file projects/JoinDet/configs/mini_deformable_detr_synth.py
 from .common.data.synthetic import dataloader

@@ -1,10 +1,10 @@
 # JoinDet pretraining sized for a 2-core CPU on the built-in synthetic set (no labels used) -- the
 # LazyConfig twin of configs/mini/pretrain_synth.yaml. The model is mini_deformable_detr_synth.py's with
-# JoinDet's heads. No pretrained backbone exists here, so: the R18 trains (BN) and a frozen copy of its
-# initial weights gives the embedding targets (512-d res5); version 0 comes from selective search (NCut on
-# a random network's features finds nothing: DESIGN.md section 5); the encoder's own NCut priors (stride-16
-# level: 16 x 16 patches at 256 px) refresh it every 100 iterations; prior quality of every version is
-# scored against synth_train's boxes. 300 iterations at batch 8, constant lr.
+# JoinDet's heads: the frozen pretrained Lite0 backbone also gives the embedding targets (320-d pooled res5
+# of each prior's crop, as the paper's "same SwAV encoder"); version 0 comes from selective search; the
+# encoder's own NCut priors (stride-16 level: 16 x 16 patches at 256 px) refresh it every 100 iterations;
+# prior quality of every version is scored against synth_train's boxes. 300 iterations at batch 8,
+# constant lr.
 #
 #   python train_net.py --config-file projects/JoinDet/configs/mini_joindet_pretrain_synth.py
 from .common.data.pretrain_priors import joindet
@@ -17,13 +17,14 @@ from .common.train import train
 
 make_mini(model, optimizer)
 # JoinDet's heads
-model.embed_dim = 512  # R18 res5 channels
-model.embed_encoder = "frozen_copy"
+model.embed_dim = 320  # Lite0 res5 channels
+model.embed_encoder = "backbone"  # the frozen backbone itself
 
 joindet.priors.init_source = "selective_search"
 joindet.priors.topk = 30
 joindet.priors.eval_dataset = "synth_train"  # the same images with their boxes: prior quality per version
 joindet.ncut.feature_level = 1  # stride-16 level: 16 x 16 patches at 256 px
+joindet.ncut.backbone_feature = "res4"  # ncut_backbone version 0: the frozen Lite0's stride-16 features
 joindet.ncut.batch_size = 8
 joindet.update_period_iters = 100
 

