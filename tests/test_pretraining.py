@@ -13,7 +13,7 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser
 
-import joindet.engine.prior_hook as prior_hook_module
+import joindet.priors.refresh as refresh_module
 from joindet.data.datasets import register_datasets
 from joindet.engine.pretrain import JoinDetTrainer, bank_dir
 from joindet.priors.bank import PriorBank
@@ -89,7 +89,7 @@ def refresh_run(synthetic_cache, tmp_path_factory):
     scores) per refresh, as the hook received them]."""
     output = tmp_path_factory.mktemp("pretrain_run")
     cfg = _pretrain_cfg(output, *RUN_OPTS)
-    real = prior_hook_module.generate_ncut_priors
+    real = refresh_module.generate_ncut_priors
     ncut = []
 
     def ncut_finding_nothing_on_one_image(*args, **kwargs):
@@ -100,7 +100,7 @@ def refresh_run(synthetic_cache, tmp_path_factory):
         return result
 
     patch = pytest.MonkeyPatch()
-    patch.setattr(prior_hook_module, "generate_ncut_priors", ncut_finding_nothing_on_one_image)
+    patch.setattr(refresh_module, "generate_ncut_priors", ncut_finding_nothing_on_one_image)
     try:
         torch.manual_seed(0)
         np.random.seed(0)
@@ -307,3 +307,23 @@ def test_empty_image_folder_is_named_at_setup(synthetic_cache, tmp_path):
     finally:
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
+
+
+def test_frozen_copy_embedding_encoder_follows_the_loaded_backbone_then_stays(synthetic_cache, tmp_path):
+    """With a backbone that trains (the R18 from scratch), EMBED_ENCODER "frozen_copy" takes the backbone's
+    weights at the start of a fresh run and never changes; the backbone trains."""
+    cfg = _pretrain_cfg(tmp_path / "out", "MODEL.BACKBONE.NAME", "build_resnet_backbone", "MODEL.BACKBONE.FREEZE_AT", "0",
+                        "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.RESNETS.NORM", "BN",
+                        "JOINDET.EMBED_DIM", "512", "JOINDET.EMBED_ENCODER", "frozen_copy", "SOLVER.MAX_ITER", "2")
+    trainer = JoinDetTrainer(cfg)
+    model = trainer.model
+    with torch.no_grad():  # make the backbone differ from the copy made at construction
+        for p in model.backbone.parameters():
+            p.add_(0.01)
+    trainer.resume_or_load(resume=False)
+    start = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    assert all(torch.equal(model.embed_encoder.state_dict()[k], v) for k, v in start.items())
+    trainer.train()
+    encoder = model.embed_encoder.state_dict()
+    assert all(torch.equal(encoder[k], v) for k, v in start.items())  # frozen: weights and BN statistics
+    assert not torch.equal(model.backbone.stem.conv1.weight, start["stem.conv1.weight"])  # the backbone trained

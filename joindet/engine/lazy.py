@@ -37,6 +37,7 @@ from ..data.synthetic import register_synthetic
 from ..data.transfer import register_transfer_datasets
 from ..modeling.joindet import JoinDet
 from ..priors.active import ActivePriors
+from ..priors.refresh import REFRESH_GENERATOR_REGISTRY
 from ..priors.sources import PRIOR_SOURCE_REGISTRY, build_prior_source
 from .pretrain import build_prior_refresh_hook, insert_prior_hook, prior_settings_from_cfg, resolve_bank_dir
 from .trainer import check_batch_norm_batch, create_ddp_model_any_device, unwrap_model
@@ -153,6 +154,7 @@ _JOINDET_RANGES = (
     ("ncut.batch_size", lambda v: v >= 1, ">= 1"),
     ("smooth.momentum", lambda v: 0.0 <= v <= 1.0, "in [0, 1] (m_s)"),
     ("smooth.iou_threshold", lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    ("refresh.nms_thresh", lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     ("update_period_iters", lambda v: v >= 0, ">= 0 (0 = fixed priors)"),
 )
 
@@ -185,6 +187,9 @@ def check_joindet_section(cfg):
     if name not in section.init_source_kwargs:
         raise ValueError(f"joindet.init_source_kwargs has no entry for the init source {name!r} "
                          f"(it has {sorted(section.init_source_kwargs)})")
+    if section.refresh.generator not in REFRESH_GENERATOR_REGISTRY:
+        raise ValueError(f"joindet.refresh.generator: unknown refresh generator {section.refresh.generator!r}; "
+                         f"registered: {sorted(n for n, _ in REFRESH_GENERATOR_REGISTRY)}")
     if section.priors.eval_dataset:
         check_dataset_names([section.priors.eval_dataset], "joindet.priors.eval_dataset")
     if "prior_mapper" not in cfg.dataloader:

@@ -12,6 +12,7 @@ from detectron2.engine import hooks
 from ..data.mapper import DetrDatasetMapper
 from ..data.pretrain_mapper import JoinDetDatasetMapper
 from ..priors.active import ActivePriors
+from ..priors.refresh import build_refresh_generator
 from ..priors.sources import build_prior_source_from_cfg
 from .prior_hook import PriorRefreshHook
 from .trainer import Trainer, unwrap_model
@@ -46,6 +47,7 @@ def prior_settings_from_cfg(cfg):
         "priors": {k.lower(): v for k, v in j.PRIORS.items()},
         "ncut": {k.lower(): v for k, v in j.NCUT.items()},
         "smooth": {k.lower(): v for k, v in j.SMOOTH.items()},
+        "refresh": {k.lower(): v for k, v in j.REFRESH.items()},
         "update_period_iters": j.UPDATE_PERIOD_ITERS,
     }
 
@@ -62,19 +64,15 @@ def build_prior_refresh_hook(*, active_priors, dataset_dicts, dataset_name, init
         settings: :func:`prior_settings_from_cfg` of a yacs cfg, or a LazyConfig's ``joindet`` section
             (a mapping with the same keys).
     """
-    p, n, s = settings["priors"], settings["ncut"], settings["smooth"]
+    p, s = settings["priors"], settings["smooth"]
     eval_name = p["eval_dataset"]
     return PriorRefreshHook(
         active_priors=active_priors,
         dataset_dicts=dataset_dicts,
         dataset_name=dataset_name,
         init_source=init_source,
-        mapper=mapper,
+        generator=build_refresh_generator(settings, mapper),
         period=settings["update_period_iters"],
-        feature_level=n["feature_level"],
-        batch_size=n["batch_size"],
-        ncut_kwargs={"tau": n["tau"], "eps": n["eps"], "num_rounds": n["num_rounds"],
-                     "nms_threshold": n["nms_thresh"], "center": n["center"]},
         momentum=s["momentum"],
         iou_threshold=s["iou_threshold"],
         topk=p["topk"],

@@ -10,8 +10,8 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from ..evaluation.prior_quality import evaluate_priors, format_prior_quality_table
-from ..priors.box_smooth import mean_best_iou, smooth_priors
-from ..priors.generation import gather_priors, generate_ncut_priors, shard
+from ..priors.box_smooth import mean_best_iou, smooth_prior_lists
+from ..priors.generation import gather_priors, shard
 from ..priors.sources import prior_source_name, version0_cache_key
 from .trainer import unwrap_model
 
@@ -25,10 +25,11 @@ class PriorRefreshHook(HookBase):
 
     - ``before_train``: unless a checkpoint restored the version in use, make sure version 0 exists
       (computed by ``init_source``, or reused when the bank holds version 0 of the same settings).
-    - every ``period`` iterations (0 = never): NCut priors from the encoder's patch features of every
-      image (each process its shard), smoothed with the version in use by the Box Smooth Module (an image
-      on which NCut finds nothing keeps its priors), gathered, written as the next version by the main
-      process, then made active in every process (and so in their data-loader workers).
+    - every ``period`` iterations (0 = never): the current priors of every image from ``generator`` (a
+      refresh generator, :mod:`joindet.priors.refresh`; each process its shard), smoothed with the version
+      in use by the Box Smooth Module (an image for which the generator finds nothing keeps its priors),
+      gathered, written as the next version by the main process, then made active in every process (and
+      so in their data-loader workers).
     - the version in use is part of the checkpoint (``state_dict``), so a resumed run continues with
       exactly the supervision it had.
     - statistics of each version go to the event storage (``priors/*``); with ``eval_dicts`` (a dataset
@@ -36,24 +37,24 @@ class PriorRefreshHook(HookBase):
       version of this run in ``<bank>/prior_quality.json``.
     """
 
-    def __init__(self, *, active_priors, dataset_dicts, dataset_name, init_source, mapper, period, feature_level=-1,
-                 batch_size=4, ncut_kwargs=None, momentum=0.45, iou_threshold=0.48, topk=30, eval_dicts=None,
-                 stats_sample=2000):
+    def __init__(self, *, active_priors, dataset_dicts, dataset_name, init_source, generator, period, momentum=0.45,
+                 iou_threshold=0.48, topk=30, eval_dicts=None, stats_sample=2000):
         self.active = active_priors
         self.dataset_dicts = list(dataset_dicts)
         self.dataset_name = dataset_name
         self.init_source = init_source
-        self.mapper = mapper
+        self.generator = generator
         self.period = int(period)
-        self.feature_level = feature_level
-        self.batch_size = batch_size
-        self.ncut_kwargs = dict(ncut_kwargs or {}, topk=topk)
         self.momentum = momentum
         self.iou_threshold = iou_threshold
         self.topk = topk
         self.eval_dicts = eval_dicts
         self.stats_sample = stats_sample
         self.quality = []  # [(label, metrics dict)] of every version evaluated in this run
+
+    @property
+    def generator_name(self):
+        return getattr(self.generator, "name", type(self.generator).__name__)
 
     # ------------------------------------------------------------------ checkpointed state
     def state_dict(self):
@@ -113,32 +114,26 @@ class PriorRefreshHook(HookBase):
         model = unwrap_model(self.trainer.model)
         previous = self.active.current()
         local = shard(self.dataset_dicts)
-        current = generate_ncut_priors(
-            model, local, self.mapper, lambda m, batch: m.encoder_patch_features(batch, self.feature_level),
-            batch_size=self.batch_size, **self.ncut_kwargs)
-        smoothed, kept = {}, 0
-        for d in local:
-            image_id = d["image_id"]
-            old_boxes, old_scores = previous.get(image_id)
-            new_boxes, new_scores = current[image_id]
-            if len(new_boxes) == 0:
-                smoothed[image_id] = (old_boxes, old_scores)
-                kept += 1
-            else:
-                smoothed[image_id] = smooth_priors(old_boxes, old_scores, new_boxes, new_scores,
-                                                   momentum=self.momentum, iou_threshold=self.iou_threshold,
-                                                   topk=self.topk)
+        current = self.generator(model, local, previous)
+        ids = [d["image_id"] for d in local]
+        found = [i for i in ids if len(current[i][0]) > 0]  # an image where nothing was found keeps its priors
+        merged = smooth_prior_lists([previous.get(i) for i in found], [current[i] for i in found],
+                                    momentum=self.momentum, iou_threshold=self.iou_threshold, topk=self.topk)
+        smoothed = {i: previous.get(i) for i in ids}
+        smoothed.update(zip(found, merged))
+        kept = len(ids) - len(found)
         priors = gather_priors(smoothed)
         kept = sum(comm.all_gather(kept))
         version = previous.version + 1
         if comm.is_main_process():
-            self._write(version, priors, {"source": "ncut_encoder", "iteration": self.trainer.iter + 1,
+            self._write(version, priors, {"source": self.generator_name, "iteration": self.trainer.iter + 1,
                                           "momentum": self.momentum, "iou_threshold": self.iou_threshold,
                                           "images_kept_previous": kept})
         comm.synchronize()
         self.active.set_version(version)
-        logger.info("Prior bank version %d at iteration %d: %.1f s, %d images where NCut found nothing kept "
-                    "their priors", version, self.trainer.iter + 1, time.perf_counter() - start, kept)
+        logger.info("Prior bank version %d at iteration %d (%s): %.1f s, %d images where nothing was found kept "
+                    "their priors", version, self.trainer.iter + 1, self.generator_name, time.perf_counter() - start,
+                    kept)
         self._log_version(self.active.current(), previous=previous)
 
     def _log_version(self, version, previous):

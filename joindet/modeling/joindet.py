@@ -3,8 +3,8 @@ object-embedding head, supervised by object priors (pseudo boxes)."""
 import copy
 
 import torch
-from torch import nn
 from torch.nn import functional as F
+from torchvision.ops import box_convert
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
@@ -46,7 +46,7 @@ class JoinDet(DeformableDETR):
     Extra output: ``pred_embed`` (N, Q, E). The embedding targets come from ``embed_encoder`` (frozen,
     eval mode, no gradient): global-average-pooled ``res5`` of the crops. With ``embed_encoder="backbone"``
     it is the detector's own (frozen) backbone — the paper's "same SwAV encoder"; ``"frozen_copy"`` keeps a
-    separate frozen copy, for set-ups where the backbone trains (the mini configs: no pretrained weights).
+    separate frozen copy, for set-ups where the backbone trains (e.g. the R18-from-scratch mini config).
     """
 
     @configurable
@@ -64,7 +64,7 @@ class JoinDet(DeformableDETR):
         shapes = self._encoder().output_shape()
         if "res5" not in shapes:
             raise ValueError("JoinDet's object embedding needs the backbone to output 'res5': add it to "
-                             "MODEL.RESNETS.OUT_FEATURES")
+                             "MODEL.RESNETS.OUT_FEATURES or MODEL.TIMM.OUT_FEATURES")
         if shapes["res5"].channels != embed_dim:
             raise ValueError(f"JOINDET.EMBED_DIM ({embed_dim}) must equal the embedding encoder's res5 channels "
                              f"({shapes['res5'].channels})")
@@ -133,6 +133,18 @@ class JoinDet(DeformableDETR):
             t["embeddings"] = self.crop_embeddings(crops)
         return targets
 
+    @staticmethod
+    def _level_patch_features(enc, level):
+        """One level of the transformer's encoder output ``enc`` as (N, h, w, d) features and the (N, h, w)
+        valid mask (True on real patches)."""
+        lvl = level % len(enc["spatial_shapes"])
+        h, w = enc["spatial_shapes"][lvl].tolist()
+        start = int(enc["level_start_index"][lvl])
+        n = enc["memory"].shape[0]
+        feats = enc["memory"][:, start:start + h * w].reshape(n, h, w, -1)
+        valid = ~enc["padding_mask"][:, start:start + h * w].reshape(n, h, w)
+        return feats, valid
+
     @torch.no_grad()
     def encoder_patch_features(self, batched_inputs, level=-1):
         """Encoder output of one feature level, for the eigen attention map.
@@ -142,15 +154,29 @@ class JoinDet(DeformableDETR):
         """
         images, mask = self.preprocess_image(batched_inputs)
         srcs, masks, pos = self.encode_features(images, mask)
-        enc = self.transformer.encode(srcs, masks, pos)
-        num_levels = len(srcs)
-        lvl = level % num_levels
-        h, w = enc["spatial_shapes"][lvl].tolist()
-        start = int(enc["level_start_index"][lvl])
-        n = enc["memory"].shape[0]
-        feats = enc["memory"][:, start:start + h * w].reshape(n, h, w, -1)
-        valid = ~enc["padding_mask"][:, start:start + h * w].reshape(n, h, w)
+        feats, valid = self._level_patch_features(self.transformer.encode(srcs, masks, pos), level)
         return feats, valid, images.image_sizes
+
+    @torch.no_grad()
+    def objectness_predictions(self, batched_inputs, level=None):
+        """Every query's class-agnostic prediction of the final decoder layer, in one forward pass.
+
+        Returns a list with, per image, (boxes (Q, 4) XYXY in the image's original pixels (its
+        ``height`` / ``width``), objectness (Q,) in [0, 1]); with ``level`` also the encoder's patch
+        features of that level, as :meth:`encoder_patch_features` returns them: (preds, feats, valid, sizes).
+        """
+        images, mask = self.preprocess_image(batched_inputs)
+        out = self.forward_outputs(images, mask)
+        prob = out["pred_logits"].sigmoid().amax(-1)  # (N, Q)
+        boxes = box_convert(out["pred_boxes"], "cxcywh", "xyxy").clamp(0.0, 1.0)  # of each unpadded image
+        preds = []
+        for i, (x, (h, w)) in enumerate(zip(batched_inputs, images.image_sizes)):
+            height, width = x.get("height", h), x.get("width", w)
+            preds.append((boxes[i] * boxes.new_tensor([width, height, width, height]), prob[i]))
+        if level is None:
+            return preds
+        feats, valid = self._level_patch_features(out, level)
+        return preds, feats, valid, images.image_sizes
 
     @torch.no_grad()
     def backbone_patch_features(self, batched_inputs, name="res4"):
@@ -159,7 +185,7 @@ class JoinDet(DeformableDETR):
         feats = self.backbone(images.tensor)
         if name not in feats:
             raise ValueError(f"backbone feature {name!r} not available (have {sorted(feats)}); "
-                             f"set MODEL.RESNETS.OUT_FEATURES")
+                             f"set MODEL.RESNETS.OUT_FEATURES or MODEL.TIMM.OUT_FEATURES")
         f = feats[name]
         valid = ~F.interpolate(mask[None].float(), size=f.shape[-2:]).to(torch.bool)[0]
         return f.permute(0, 2, 3, 1), valid, images.image_sizes

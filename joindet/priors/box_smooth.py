@@ -2,16 +2,18 @@
 Box Smooth Module (JoinDet supplement, sections 2.1-2.2).
 
 Merges the precedent object priors (the supervision in use, "old") with the priors the model has
-just generated ("new") into the next supervision, by IoU clustering and momentum-weighted averaging.
+just generated ("new") into the next supervision, by IoU clustering between the two sets and
+momentum-weighted averaging (DESIGN.md, "Box Smooth Module"). :func:`smooth_priors_batched` does it
+for a whole bank version at once; :func:`smooth_priors` for one image.
 """
 
-from typing import Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from torchvision.ops import box_iou, nms
+from torchvision.ops import box_iou
 
-__all__ = ["smooth_priors", "mean_best_iou"]
+__all__ = ["smooth_priors", "smooth_priors_batched", "smooth_prior_lists", "check_smooth_settings", "mean_best_iou"]
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -50,6 +52,137 @@ def _check_boxes_scores(boxes: torch.Tensor, scores: torch.Tensor, name: str):
     return boxes, scores
 
 
+def _iou_new_old(new_dense: torch.Tensor, old_dense: torch.Tensor) -> torch.Tensor:
+    """IoU of every current box with every precedent box of the same image.
+
+    new_dense (c, Kn, 4), old_dense (c, Ko, 4) XYXY (padding rows are zeros). Returns (c, Kn, Ko); a
+    zero-area pair (0 / 0) gives 0."""
+    n = new_dense[:, :, None, :]
+    o = old_dense[:, None, :, :]
+    iw = (torch.minimum(n[..., 2], o[..., 2]) - torch.maximum(n[..., 0], o[..., 0])).clamp(min=0)
+    ih = (torch.minimum(n[..., 3], o[..., 3]) - torch.maximum(n[..., 1], o[..., 1])).clamp(min=0)
+    inter = iw * ih
+    area_n = (n[..., 2] - n[..., 0]) * (n[..., 3] - n[..., 1])
+    area_o = (o[..., 2] - o[..., 0]) * (o[..., 3] - o[..., 1])
+    return (inter / (area_n + area_o - inter)).nan_to_num_(0.0)
+
+
+def _dense(rows: torch.Tensor, image: torch.Tensor, rank: torch.Tensor, num_images: int, width: int):
+    """Scatter rows (P, 4) of images ``image`` (P,) at positions ``rank`` (P,) into (num_images, width, 4)."""
+    out = rows.new_zeros((num_images, max(width, 1), 4))
+    out[image, rank] = rows
+    return out
+
+
+def _ranks(counts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per row of a flat per-image layout with ``counts`` (N,): its image index and its rank in the image."""
+    image = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(image.numel(), device=counts.device) - starts[image]
+    return image, rank
+
+
+def smooth_priors_batched(
+    old_boxes: torch.Tensor,
+    old_scores: torch.Tensor,
+    old_counts: torch.Tensor,
+    new_boxes: torch.Tensor,
+    new_scores: torch.Tensor,
+    new_counts: torch.Tensor,
+    momentum: float = 0.45,
+    iou_threshold: float = 0.48,
+    topk: int = 30,
+    chunk_images: int = 4096,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    The Box Smooth Module for many images at once (no Python loop over images or boxes).
+
+    Each set is in a flat layout: the boxes of image 0, then of image 1, ...; ``*_counts`` (N,) gives
+    the boxes per image (the same N images in both sets). Definition, per image, with m = ``momentum``:
+
+    1. A precedent box weighs w = m * score, a current box w = (1 - m) * score; boxes with w <= 0 take no
+       part (so m = 0 gives exactly the current priors, m = 1 exactly the precedent ones).
+    2. Clusters are formed *between* the two sets only: every precedent box seeds a cluster; a current box
+       joins the precedent box with which it has the highest IoU, if that IoU exceeds ``iou_threshold``,
+       and otherwise forms a cluster of its own. Two boxes of the same set are never merged.
+    3. A cluster's box is the w-weighted mean of its members' coordinates; its score is
+       m * (its precedent box's score) + (1 - m) * (mean score of its current members), a side without
+       members contributing 0: a prior the model stops finding fades geometrically, a new one enters at
+       (1 - m) of its score.
+    4. The ``topk`` clusters with the highest scores of each image are kept, sorted by descending score
+       (ties: precedent clusters first, each set in its input order).
+
+    Args:
+        old_boxes (P, 4), old_scores (P,), old_counts (N,): the precedent priors, XYXY absolute.
+        new_boxes (Q, 4), new_scores (Q,), new_counts (N,): the current priors.
+        momentum, iou_threshold, topk: m_s in [0, 1], the threshold in (0, 1), K >= 1.
+        chunk_images: images per block of the IoU computation (bounds memory at chunk * Kn * Ko).
+    Returns boxes (R, 4), scores (R,) and counts (N,) in the same flat layout, in the work dtype of the
+    inputs (call with float64 for bit-exact singleton boxes).
+    """
+    device, dtype = old_boxes.device, old_boxes.dtype
+    num_images = old_counts.numel()
+    if new_counts.numel() != num_images:
+        raise ValueError(f"old_counts and new_counts disagree on the number of images: {num_images} vs "
+                         f"{new_counts.numel()}")
+    m = float(momentum)
+    # 1. weights; non-participating boxes leave the layout (the counts follow)
+    old_image, _ = _ranks(old_counts)
+    new_image, _ = _ranks(new_counts)
+    old_w, new_w = old_scores * m, new_scores * (1.0 - m)
+    keep_old, keep_new = old_w > 0, new_w > 0
+    old_boxes, old_scores, old_w, old_image = old_boxes[keep_old], old_scores[keep_old], old_w[keep_old], old_image[keep_old]
+    new_boxes, new_scores, new_w, new_image = new_boxes[keep_new], new_scores[keep_new], new_w[keep_new], new_image[keep_new]
+    old_counts = torch.bincount(old_image, minlength=num_images)
+    new_counts = torch.bincount(new_image, minlength=num_images)
+    _, old_rank = _ranks(old_counts)
+    _, new_rank = _ranks(new_counts)
+    num_old, num_new = old_boxes.shape[0], new_boxes.shape[0]
+
+    # 2. each current box's best precedent box of its image, in blocks of images
+    target = torch.full((num_new,), -1, dtype=torch.long, device=device)  # joined precedent row, or -1
+    if num_old and num_new:
+        old_starts = torch.cumsum(old_counts, 0) - old_counts
+        ko, kn = int(old_counts.max()), int(new_counts.max())
+        for lo in range(0, num_images, chunk_images):
+            hi = min(lo + chunk_images, num_images)
+            rows = ((new_image >= lo) & (new_image < hi)).nonzero().squeeze(1)
+            orows = ((old_image >= lo) & (old_image < hi)).nonzero().squeeze(1)
+            if rows.numel() == 0 or orows.numel() == 0:
+                continue
+            odense = _dense(old_boxes[orows], old_image[orows] - lo, old_rank[orows], hi - lo, ko)
+            ndense = _dense(new_boxes[rows], new_image[rows] - lo, new_rank[rows], hi - lo, kn)
+            iou = _iou_new_old(ndense, odense)  # (c, kn, ko)
+            valid_old = torch.arange(odense.shape[1], device=device)[None] < old_counts[lo:hi, None]
+            iou = iou.masked_fill(~valid_old[:, None, :], -1.0)
+            best_iou, best = iou[new_image[rows] - lo, new_rank[rows]].max(dim=1)
+            joined = best_iou > iou_threshold
+            target[rows[joined]] = old_starts[new_image[rows[joined]]] + best[joined]
+
+    # 3. clusters: precedent rows 0..P-1, then one per unjoined current box
+    alone = target < 0
+    cluster = target.clone()
+    cluster[alone] = num_old + torch.arange(int(alone.sum()), device=device)
+    num_clusters = num_old + int(alone.sum())
+    cluster_image = torch.cat([old_image, new_image[alone]])
+    wsum = torch.cat([old_w, new_w.new_zeros(num_clusters - num_old)]).index_add_(0, cluster, new_w)
+    bsum = torch.cat([old_w[:, None] * old_boxes, old_boxes.new_zeros((num_clusters - num_old, 4))])
+    bsum.index_add_(0, cluster, new_w[:, None] * new_boxes)
+    n_new = new_w.new_zeros(num_clusters).index_add_(0, cluster, torch.ones_like(new_w))
+    s_new = new_w.new_zeros(num_clusters).index_add_(0, cluster, new_scores)
+    s_old = torch.cat([old_scores, old_scores.new_zeros(num_clusters - num_old)])
+    boxes = bsum / wsum[:, None]
+    scores = m * s_old + (1.0 - m) * torch.where(n_new > 0, s_new / n_new.clamp(min=1), torch.zeros_like(s_new))
+
+    # 4. top K per image: by descending score (stable), then grouped by image (stable)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    order = order[torch.sort(cluster_image[order], stable=True).indices]
+    counts = torch.bincount(cluster_image, minlength=num_images)
+    _, rank = _ranks(counts)
+    order = order[rank < topk]
+    return boxes[order], scores[order], counts.clamp(max=topk)
+
+
 def smooth_priors(
     old_boxes: ArrayLike,
     old_scores: ArrayLike,
@@ -60,25 +193,8 @@ def smooth_priors(
     topk: int = 30,
 ) -> Tuple[ArrayLike, ArrayLike]:
     """
-    Merge the precedent priors of one image with its current priors (the Box Smooth Module).
-
-    Definition, with m = ``momentum``:
-
-    1. Every box gets a weight w = score * m if it is an old (precedent) prior, and
-       w = score * (1 - m) if it is a new (current) prior. Boxes with w <= 0 take no part, so
-       m = 0 ignores the old set entirely and m = 1 the new one.
-    2. Clustering: greedy by descending w, NMS-style. ``torchvision.ops.nms`` at ``iou_threshold``
-       over all participating boxes (both sets together) gives the cluster seeds; every
-       participating box joins the seed with which it has the highest IoU among the seeds where
-       IoU > ``iou_threshold`` (a seed joins itself; NMS guarantees every other box such a seed).
-    3. A cluster's box is the w-weighted mean of its members' coordinates.
-    4. A cluster's score is m * mean(scores of its old members) + (1 - m) * mean(scores of its new
-       members), a side without members contributing 0.
-    5. The ``topk`` clusters with the highest scores are kept, sorted by descending score.
-
-    Consequences: with m = 0 the result is the current priors after NMS (exactly the current
-    priors when no two of them overlap above the threshold), with m = 1 the precedent priors;
-    an old box and a new box with IoU <= ``iou_threshold`` are never merged.
+    Merge the precedent priors of one image with its current priors (the Box Smooth Module, as defined
+    in :func:`smooth_priors_batched`: clusters only between the two sets).
 
     Args:
         old_boxes: (n_old, 4) XYXY absolute coordinates of the precedent priors.
@@ -94,14 +210,7 @@ def smooth_priors(
         when all inputs are numpy (or lists), otherwise torch tensors on the inputs' device with the
         boxes' floating dtype (float32 for integer input). Computed in float64 internally.
     """
-    if not 0.0 <= float(momentum) <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-    if not 0.0 < float(iou_threshold) < 1.0:
-        raise ValueError(f"iou_threshold must be in (0, 1), got {iou_threshold}")
-    if isinstance(topk, bool) or int(topk) != topk or topk < 1:
-        raise ValueError(f"topk must be an integer >= 1, got {topk}")
-    momentum, iou_threshold, topk = float(momentum), float(iou_threshold), int(topk)
-
+    momentum, iou_threshold, topk = check_smooth_settings(momentum, iou_threshold, topk)
     inputs = (old_boxes, old_scores, new_boxes, new_scores)
     tensors = [x for x in inputs if isinstance(x, torch.Tensor)]
     return_torch = len(tensors) > 0
@@ -119,57 +228,56 @@ def smooth_priors(
     nb, ns = _check_boxes_scores(
         _to_tensor(new_boxes, device, wdtype), _to_tensor(new_scores, device, wdtype), "new"
     )
-
-    boxes = torch.cat([ob, nb])  # (P, 4)
-    scores = torch.cat([os_, ns])  # (P,)
-    is_old = torch.cat(
-        [
-            torch.ones(ob.shape[0], dtype=torch.bool, device=device),
-            torch.zeros(nb.shape[0], dtype=torch.bool, device=device),
-        ]
-    )
-    weights = scores * torch.where(
-        is_old,
-        torch.tensor(momentum, dtype=wdtype, device=device),
-        torch.tensor(1.0 - momentum, dtype=wdtype, device=device),
-    )
-    part = weights > 0
-    boxes, scores, is_old, weights = boxes[part], scores[part], is_old[part], weights[part]
-
-    if boxes.shape[0] == 0:
-        out_boxes = boxes.new_zeros((0, 4))
-        out_scores = scores.new_zeros((0,))
-    else:
-        seeds = nms(boxes, weights, iou_threshold)  # (S,), by descending weight
-        num_clusters = seeds.numel()
-        iou = box_iou(boxes, boxes[seeds]).nan_to_num_(0.0)  # (P, S); 0/0 for degenerate boxes
-        # The best seed is above the threshold for every box (NMS suppressed it through one).
-        cluster = iou.argmax(dim=1)  # (P,)
-        cluster[seeds] = torch.arange(num_clusters, device=device)
-
-        wsum = boxes.new_zeros(num_clusters).index_add_(0, cluster, weights)
-        bsum = boxes.new_zeros((num_clusters, 4)).index_add_(0, cluster, weights[:, None] * boxes)
-        cluster_boxes = bsum / wsum[:, None]
-
-        old_f = is_old.to(wdtype)
-        new_f = 1.0 - old_f
-        n_old = boxes.new_zeros(num_clusters).index_add_(0, cluster, old_f)
-        n_new = boxes.new_zeros(num_clusters).index_add_(0, cluster, new_f)
-        s_old = boxes.new_zeros(num_clusters).index_add_(0, cluster, scores * old_f)
-        s_new = boxes.new_zeros(num_clusters).index_add_(0, cluster, scores * new_f)
-        mean_old = torch.where(n_old > 0, s_old / n_old.clamp(min=1), torch.zeros_like(s_old))
-        mean_new = torch.where(n_new > 0, s_new / n_new.clamp(min=1), torch.zeros_like(s_new))
-        cluster_scores = momentum * mean_old + (1.0 - momentum) * mean_new
-
-        order = torch.sort(cluster_scores, descending=True, stable=True).indices[:topk]
-        out_boxes, out_scores = cluster_boxes[order], cluster_scores[order]
-
+    counts = lambda n: torch.tensor([n], dtype=torch.long, device=device)  # noqa: E731
+    out_boxes, out_scores, _ = smooth_priors_batched(
+        ob, os_, counts(ob.shape[0]), nb, ns, counts(nb.shape[0]),
+        momentum=momentum, iou_threshold=iou_threshold, topk=topk)
     if return_torch:
         return out_boxes.to(out_dtype), out_scores.to(out_dtype)
     return (
         out_boxes.cpu().numpy().astype(np.float32),
         out_scores.cpu().numpy().astype(np.float32),
     )
+
+
+def smooth_prior_lists(
+    old: Sequence[Tuple[np.ndarray, np.ndarray]],
+    new: Sequence[Tuple[np.ndarray, np.ndarray]],
+    momentum: float = 0.45,
+    iou_threshold: float = 0.48,
+    topk: int = 30,
+) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """:func:`smooth_priors_batched` over aligned per-image lists of (boxes (k, 4), scores (k,)) numpy pairs
+    (precedent and current priors of the same images), in one call; returns float32 pairs per image."""
+    if len(old) != len(new):
+        raise ValueError(f"{len(old)} precedent and {len(new)} current prior sets: they must be aligned")
+    momentum, iou_threshold, topk = check_smooth_settings(momentum, iou_threshold, topk)
+    device, wdtype = torch.device("cpu"), torch.float64
+
+    def flat(pairs, name):
+        checked = [_check_boxes_scores(_to_tensor(b, device, wdtype), _to_tensor(s, device, wdtype), name)
+                   for b, s in pairs]
+        counts = torch.tensor([b.shape[0] for b, _ in checked], dtype=torch.long)
+        boxes = torch.cat([b for b, _ in checked]) if checked else torch.zeros((0, 4), dtype=wdtype)
+        scores = torch.cat([s for _, s in checked]) if checked else torch.zeros((0,), dtype=wdtype)
+        return boxes, scores, counts
+
+    boxes, scores, counts = smooth_priors_batched(*flat(old, "old"), *flat(new, "new"), momentum=momentum,
+                                                  iou_threshold=iou_threshold, topk=topk)
+    boxes, scores = boxes.numpy().astype(np.float32), scores.numpy().astype(np.float32)
+    splits = np.cumsum(counts.numpy())[:-1]
+    return list(zip(np.split(boxes, splits), np.split(scores, splits)))
+
+
+def check_smooth_settings(momentum, iou_threshold, topk) -> Tuple[float, float, int]:
+    """Validate m_s, the clustering threshold and K; returns them as (float, float, int)."""
+    if not 0.0 <= float(momentum) <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    if not 0.0 < float(iou_threshold) < 1.0:
+        raise ValueError(f"iou_threshold must be in (0, 1), got {iou_threshold}")
+    if isinstance(topk, bool) or int(topk) != topk or topk < 1:
+        raise ValueError(f"topk must be an integer >= 1, got {topk}")
+    return float(momentum), float(iou_threshold), int(topk)
 
 
 def mean_best_iou(boxes_a: ArrayLike, boxes_b: ArrayLike) -> float:

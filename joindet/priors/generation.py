@@ -8,12 +8,12 @@ import torch
 
 from detectron2.data import build_detection_test_loader
 from detectron2.utils import comm
+from detectron2.utils.logger import log_every_n_seconds
 
 from .ncut import priors_from_features
 
-__all__ = ["generate_ncut_priors", "gather_priors", "shard", "center_features"]
+__all__ = ["generate_ncut_priors", "run_over_images", "gather_priors", "shard", "center_features"]
 
-logger = logging.getLogger("joindet")
 
 
 def shard(items):
@@ -31,6 +31,13 @@ def gather_priors(local):
     return merged
 
 
+def _numpy(x):
+    """float32 numpy copy of a tensor (any device) or array."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, np.float32)
+
+
 def center_features(features, valid):
     """Subtract each image's mean feature over its valid patches. features: (N, h, w, c); valid: (N, h, w)."""
     w = valid.unsqueeze(-1).to(features.dtype)
@@ -39,6 +46,32 @@ def center_features(features, valid):
 
 
 @torch.no_grad()
+def run_over_images(model, dataset_dicts, mapper, fn, *, batch_size=4, num_workers=0, what="priors"):
+    """Run ``fn(model, batch) -> [(boxes, scores)] per image`` over every image of ``dataset_dicts``, the
+    model in eval mode (restored after), images read by ``mapper`` (a test-time mapper) in batches.
+
+    Returns dict image_id -> (boxes (k, 4) float32 XYXY in original pixels, scores (k,) float32) for every
+    image (this process only: shard with :func:`shard`, merge with :func:`gather_priors`); progress is
+    logged under ``what``."""
+    loader = build_detection_test_loader(dataset=list(dataset_dicts), mapper=mapper, batch_size=batch_size,
+                                         num_workers=num_workers,
+                                         sampler=torch.utils.data.SequentialSampler(range(len(dataset_dicts))))
+    was_training = model.training
+    model.eval()
+    local = {}
+    start, total = time.perf_counter(), len(loader)
+    try:
+        for i, batch in enumerate(loader):
+            for x, (boxes, scores) in zip(batch, fn(model, batch)):
+                local[x["image_id"]] = (_numpy(boxes).reshape(-1, 4), _numpy(scores).reshape(-1))
+            if comm.is_main_process():
+                log_every_n_seconds(logging.INFO, f"{what}: {i + 1}/{total} batches, "
+                                    f"{time.perf_counter() - start:.1f} s", n=10, name="joindet")
+    finally:
+        model.train(was_training)
+    return local
+
+
 def generate_ncut_priors(model, dataset_dicts, mapper, feature_fn, *, batch_size=4, num_workers=0, tau=0.2,
                          eps=1e-5, num_rounds=3, topk=30, nms_threshold=0.7, center=False):
     """Priors for every image of ``dataset_dicts`` from NCut on the patch features ``feature_fn`` returns.
@@ -52,32 +85,15 @@ def generate_ncut_priors(model, dataset_dicts, mapper, feature_fn, *, batch_size
         center: subtract each image's mean feature first, so that the cosine of Eq. 1 measures how patches
             differ rather than the component they all share (encoder outputs share a large one).
 
-    Returns:
-        dict image_id -> (boxes (k, 4) float32 XYXY in original pixels, scores (k,) float32) for every
-        image of ``dataset_dicts`` (this process only: shard with :func:`shard`, merge with
-        :func:`gather_priors`).
+    Returns: as :func:`run_over_images`.
     """
-    loader = build_detection_test_loader(dataset=list(dataset_dicts), mapper=mapper, batch_size=batch_size,
-                                         num_workers=num_workers,
-                                         sampler=torch.utils.data.SequentialSampler(range(len(dataset_dicts))))
-    was_training = model.training
-    model.eval()
-    local = {}
-    start, total = time.perf_counter(), len(loader)
-    try:
-        for i, batch in enumerate(loader):
-            feats, valid, _ = feature_fn(model, batch)
-            if center:
-                feats = center_features(feats, valid)
-            sizes = [(x["height"], x["width"]) for x in batch]
-            priors = priors_from_features(feats, sizes, valid_mask=valid, tau=tau, eps=eps, num_rounds=num_rounds,
-                                          topk=topk, nms_threshold=nms_threshold)
-            for x, (boxes, scores) in zip(batch, priors):
-                local[x["image_id"]] = (np.asarray(boxes, np.float32), np.asarray(scores, np.float32))
-            if comm.is_main_process() and (i + 1) % max(1, total // 5) == 0:
-                elapsed = time.perf_counter() - start
-                logger.info("NCut priors: %d/%d batches, %.1f s, ETA %.0f s", i + 1, total, elapsed,
-                            elapsed / (i + 1) * (total - i - 1))
-    finally:
-        model.train(was_training)
-    return local
+    def ncut(m, batch):
+        feats, valid, _ = feature_fn(m, batch)
+        if center:
+            feats = center_features(feats, valid)
+        sizes = [(x["height"], x["width"]) for x in batch]
+        return priors_from_features(feats, sizes, valid_mask=valid, tau=tau, eps=eps, num_rounds=num_rounds,
+                                    topk=topk, nms_threshold=nms_threshold)
+
+    return run_over_images(model, dataset_dicts, mapper, ncut, batch_size=batch_size, num_workers=num_workers,
+                           what="NCut priors")

@@ -1,6 +1,7 @@
 # The object-prior settings of JoinDet pretraining: the `joindet` section of a LazyConfig. It mirrors the
 # yacs keys of joindet/config.py one to one, with the defaults there: joindet.priors.* = JOINDET.PRIORS.*,
-# joindet.ncut.* = JOINDET.NCUT.*, joindet.smooth.* = JOINDET.SMOOTH.* (keys in lower case) and
+# joindet.ncut.* = JOINDET.NCUT.*, joindet.smooth.* = JOINDET.SMOOTH.*, joindet.refresh.* = JOINDET.REFRESH.*
+# (keys in lower case) and
 # joindet.update_period_iters = JOINDET.UPDATE_PERIOD_ITERS (joindet.engine.pretrain.prior_settings_from_cfg
 # maps a yacs cfg onto this layout; joindet.engine.lazy checks a config has exactly these keys).
 # JOINDET.UPDATE_PERIOD is in epochs: a config sets update_period_iters from it with common/schedule.py's
@@ -37,6 +38,10 @@ joindet = dict(
     smooth=dict(
         momentum=0.45,  # m_s: weight of the precedent priors in the Box Smooth Module
         iou_threshold=0.48,  # clustering IoU threshold of the Box Smooth Module
+    ),
+    refresh=dict(
+        generator="ncut_encoder",  # refresh: ncut_encoder (the paper), detector, detector_ncut, rescore
+        nms_thresh=0.7,  # detector generators: NMS over an image's detections before the top K
     ),
     update_period_iters=0,  # iterations between prior refreshes; 0 = fixed priors (DETReg-like)
     init_source_kwargs=dict(

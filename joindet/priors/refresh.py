@@ -1,0 +1,188 @@
+"""Refresh generators: the "current priors" of a prior refresh, read from the model being trained.
+
+Each generator is registered by name (``JOINDET.REFRESH.GENERATOR``) and called by the refresh hook on
+every process's shard as ``generator(model, dataset_dicts, previous)`` (``previous``: the
+``PriorVersion`` in use), returning ``{image_id: (boxes (k, 4) float32 XYXY in original pixels,
+scores (k,) float32)}``. What it returns goes through the Box Smooth Module against ``previous``; an
+image for which it returns nothing keeps its priors. A generator reads the parts of the model that
+learn (encoder, decoder, heads): fixed heuristics (selective search, colour NCut, NCut on the frozen
+backbone) are version-0 sources, not refreshes.
+
+- ``ncut_encoder``: the paper's eigen attention map on the encoder output (NCut, MaskCut rounds).
+- ``detector``: the model's own class-agnostic detections (objectness-scored decoder boxes, NMS, top K).
+- ``detector_ncut``: those detections re-scored by the eigen attention map of the same forward pass:
+  objectness x (1 + mean of M inside the box) / 2, with M scaled to [-1, 1] (foreground positive).
+- ``rescore``: the precedent boxes themselves, each scored by the model: max over queries of
+  objectness x IoU(query box, prior). Recall stays that of the precedent set; the ranking is the model's.
+"""
+from typing import Dict, Tuple
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou, nms
+
+from detectron2.utils.registry import Registry
+
+from .generation import center_features, generate_ncut_priors, run_over_images
+from .ncut import eigen_attention_map
+
+__all__ = ["REFRESH_GENERATOR_REGISTRY", "build_refresh_generator", "box_mean_of_map"]
+
+REFRESH_GENERATOR_REGISTRY = Registry("JOINDET_REFRESH_GENERATOR")
+REFRESH_GENERATOR_REGISTRY.__doc__ = "Refresh generators by name: JOINDET.REFRESH.GENERATOR."
+
+Priors = Dict[int, Tuple[np.ndarray, np.ndarray]]
+
+
+def build_refresh_generator(settings, mapper):
+    """The generator named ``settings["refresh"]["generator"]``, its arguments read by the class's
+    ``from_settings(settings, mapper)`` from the prior settings (``prior_settings_from_cfg`` of a yacs cfg,
+    or a LazyConfig's ``joindet`` section); ``mapper``: the test-time mapper the images are read with."""
+    name = settings["refresh"]["generator"]
+    if name not in REFRESH_GENERATOR_REGISTRY:
+        raise ValueError(f"JOINDET.REFRESH.GENERATOR: unknown refresh generator {name!r}; registered: "
+                         f"{sorted(n for n, _ in REFRESH_GENERATOR_REGISTRY)}")
+    cls = REFRESH_GENERATOR_REGISTRY.get(name)
+    generator = cls(**cls.from_settings(settings, mapper))
+    generator.name = name
+    return generator
+
+
+def _register(name):
+    def deco(cls):
+        REFRESH_GENERATOR_REGISTRY._do_register(name, cls)
+        return cls
+    return deco
+
+
+def _ncut_settings(settings):
+    n, p = settings["ncut"], settings["priors"]
+    return {"tau": n["tau"], "eps": n["eps"], "num_rounds": n["num_rounds"], "nms_threshold": n["nms_thresh"],
+            "center": n["center"], "topk": p["topk"]}
+
+
+@_register("ncut_encoder")
+class NCutEncoderGenerator:
+    """NCut priors on one level of the encoder's output (the paper's refresh)."""
+
+    def __init__(self, *, mapper, feature_level=-1, batch_size=4, **ncut):
+        self.mapper, self.feature_level, self.batch_size, self.ncut = mapper, feature_level, batch_size, ncut
+
+    @classmethod
+    def from_settings(cls, settings, mapper):
+        return {"mapper": mapper, "feature_level": settings["ncut"]["feature_level"],
+                "batch_size": settings["ncut"]["batch_size"], **_ncut_settings(settings)}
+
+    def __call__(self, model, dataset_dicts, previous=None) -> Priors:
+        return generate_ncut_priors(
+            model, dataset_dicts, self.mapper, lambda m, batch: m.encoder_patch_features(batch, self.feature_level),
+            batch_size=self.batch_size, **self.ncut)
+
+
+def _top_detections(boxes, scores, nms_threshold, topk):
+    keep = nms(boxes.float(), scores.float(), nms_threshold)[:topk]
+    return boxes[keep], scores[keep]
+
+
+@_register("detector")
+class DetectorGenerator:
+    """The model's class-agnostic detections: every query's box scored by its objectness, NMS, top K."""
+
+    def __init__(self, *, mapper, batch_size=4, topk=30, nms_threshold=0.7):
+        self.mapper, self.batch_size, self.topk, self.nms_threshold = mapper, batch_size, topk, nms_threshold
+
+    @classmethod
+    def from_settings(cls, settings, mapper):
+        return {"mapper": mapper, "batch_size": settings["ncut"]["batch_size"], "topk": settings["priors"]["topk"],
+                "nms_threshold": settings["refresh"]["nms_thresh"]}
+
+    def _detect(self, model, batch):
+        return [_top_detections(b, s, self.nms_threshold, self.topk) for b, s in model.objectness_predictions(batch)]
+
+    def __call__(self, model, dataset_dicts, previous=None) -> Priors:
+        return run_over_images(model, dataset_dicts, self.mapper, self._detect, batch_size=self.batch_size,
+                               what="detector priors")
+
+
+def box_mean_of_map(maps, valid, boxes, image_size):
+    """Mean of a patch map inside each box.
+
+    Args:
+        maps: (h, w) float map on the padded patch grid; valid: (h, w) bool (the image's patches are the
+            top-left (h_b, w_b) block); boxes: (k, 4) XYXY in the coordinates of ``image_size`` = (H, W).
+    Returns (k,) means over the patches whose centres lie inside each box (the nearest patch when none does).
+    """
+    h_b = int(valid.any(1).sum())
+    w_b = int(valid.any(0).sum())
+    grid = maps[:h_b, :w_b].to(torch.float64)
+    H, W = image_size
+    integral = torch.nn.functional.pad(grid.cumsum(0).cumsum(1), (1, 0, 1, 0))
+    # patch index range [lo, hi) whose centres (j + 0.5) * W / w_b fall in [x1, x2]
+    x1 = (boxes[:, 0] * w_b / W - 0.5).ceil().clamp(0, w_b - 1).long()
+    x2 = (boxes[:, 2] * w_b / W - 0.5).floor().clamp(0, w_b - 1).long()
+    y1 = (boxes[:, 1] * h_b / H - 0.5).ceil().clamp(0, h_b - 1).long()
+    y2 = (boxes[:, 3] * h_b / H - 0.5).floor().clamp(0, h_b - 1).long()
+    x2, y2 = torch.maximum(x1, x2) + 1, torch.maximum(y1, y2) + 1
+    total = integral[y2, x2] - integral[y1, x2] - integral[y2, x1] + integral[y1, x1]
+    return (total / ((y2 - y1) * (x2 - x1))).to(maps.dtype)
+
+
+@_register("detector_ncut")
+class DetectorNCutGenerator(DetectorGenerator):
+    """The model's detections re-scored by its own eigen attention map (same forward pass): objectness x
+    (1 + mean of M / max|M| inside the box) / 2, so a box on the foreground keeps its objectness and one on
+    the background loses up to all of it. NMS and top K after the re-scoring."""
+
+    def __init__(self, *, feature_level=-1, tau=0.2, eps=1e-5, center=False, **kwargs):
+        super().__init__(**kwargs)
+        self.feature_level, self.tau, self.eps, self.center = feature_level, tau, eps, center
+
+    @classmethod
+    def from_settings(cls, settings, mapper):
+        n = settings["ncut"]
+        return {**super().from_settings(settings, mapper), "feature_level": n["feature_level"], "tau": n["tau"],
+                "eps": n["eps"], "center": n["center"]}
+
+    def _detect(self, model, batch):
+        preds, feats, valid, _ = model.objectness_predictions(batch, level=self.feature_level)
+        if self.center:
+            feats = center_features(feats, valid)
+        maps = eigen_attention_map(feats, self.tau, self.eps, valid_mask=valid)
+        peak = torch.where(valid, maps.abs(), torch.zeros_like(maps)).amax((1, 2)).clamp(min=1e-30)
+        out = []
+        for (boxes, objectness), m, v, p, x in zip(preds, maps, valid, peak, batch):
+            inside = box_mean_of_map(m / p, v, boxes, (x["height"], x["width"]))
+            out.append(_top_detections(boxes, objectness * (1 + inside.to(objectness.dtype)) / 2,
+                                       self.nms_threshold, self.topk))
+        return out
+
+
+@_register("rescore")
+class RescoreGenerator:
+    """The precedent priors, each re-scored by the model: max over queries of objectness x IoU(query box,
+    prior). The boxes stay (so does recall); the Box Smooth Module then blends old and new scores."""
+
+    def __init__(self, *, mapper, batch_size=4):
+        self.mapper, self.batch_size = mapper, batch_size
+
+    @classmethod
+    def from_settings(cls, settings, mapper):
+        return {"mapper": mapper, "batch_size": settings["ncut"]["batch_size"]}
+
+    def __call__(self, model, dataset_dicts, previous=None) -> Priors:
+        if previous is None:
+            raise ValueError("the rescore refresh generator needs the precedent priors")
+
+        def rescore(m, batch):
+            out = []
+            for (boxes, objectness), x in zip(m.objectness_predictions(batch), batch):
+                prior_boxes = torch.as_tensor(previous.get(x["image_id"])[0], dtype=boxes.dtype, device=boxes.device)
+                if prior_boxes.shape[0] == 0:
+                    out.append((prior_boxes.reshape(0, 4).cpu(), prior_boxes.new_zeros((0,)).cpu()))
+                    continue
+                quality = (box_iou(prior_boxes, boxes) * objectness[None]).amax(1)
+                out.append((prior_boxes.cpu(), quality.cpu()))
+            return out
+
+        return run_over_images(model, dataset_dicts, self.mapper, rescore, batch_size=self.batch_size,
+                               what="re-scored priors")

@@ -1,0 +1,163 @@
+"""Refresh generators (joindet.priors.refresh): each reads the model being trained and returns valid
+priors for every image; the eigen-map box mean against a brute-force reference; re-scoring keeps the
+precedent boxes; a refresh run with each generator publishes a complete version."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+from detectron2.data import DatasetCatalog
+
+from joindet.data.mapper import DetrDatasetMapper
+from joindet.engine.pretrain import JoinDetTrainer, bank_dir, prior_settings_from_cfg
+from joindet.modeling import JoinDet
+from joindet.priors.bank import PriorBank
+from joindet.priors.refresh import REFRESH_GENERATOR_REGISTRY, box_mean_of_map, build_refresh_generator
+
+from conftest import TINY_DATA_OPTS, TINY_MODEL_OPTS, build_cfg
+from test_pretraining import DATASET, PRETRAIN_CONFIG, TINY_PRETRAIN_OPTS, _pretrain_cfg
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+GENERATORS = ["ncut_encoder", "detector", "detector_ncut", "rescore"]
+# the tiny pretraining of test_pretraining as train_net-style overrides, for the tools
+TINY_PRETRAIN_OPTS_FOR_TOOL = [*TINY_DATA_OPTS, *TINY_MODEL_OPTS, *TINY_PRETRAIN_OPTS]
+
+
+def test_registry_holds_the_documented_generators():
+    assert sorted(n for n, _ in REFRESH_GENERATOR_REGISTRY) == sorted(GENERATORS)
+    cfg = build_cfg(["JOINDET.REFRESH.GENERATOR", "no_such"], config_file=PRETRAIN_CONFIG, data_opts=False)
+    with pytest.raises(ValueError, match=r"JOINDET\.REFRESH\.GENERATOR.*no_such.*detector_ncut"):
+        build_refresh_generator(prior_settings_from_cfg(cfg), mapper=None)
+
+
+def test_box_mean_of_map_matches_brute_force():
+    gen = torch.Generator().manual_seed(0)
+    maps = torch.rand(6, 8, generator=gen)
+    valid = torch.zeros(6, 8, dtype=torch.bool)
+    valid[:5, :7] = True  # the image's own grid: 5 x 7 patches of a 50 x 70 image (padded to 6 x 8)
+    boxes = torch.tensor([[0.0, 0.0, 70.0, 50.0], [12.0, 3.0, 31.0, 28.0], [44.0, 41.0, 46.0, 43.0],
+                          [66.0, 0.0, 70.0, 9.0]])
+    got = box_mean_of_map(maps, valid, boxes, (50, 70))
+    for box, value in zip(boxes.tolist(), got.tolist()):
+        inside = [maps[i, j] for i in range(5) for j in range(7)
+                  if box[0] <= (j + 0.5) * 10 <= box[2] and box[1] <= (i + 0.5) * 10 <= box[3]]
+        if not inside:  # no patch centre inside: the nearest patch
+            j = min(max(int(round((box[0] + box[2]) / 2 / 10 - 0.5)), 0), 6)
+            i = min(max(int(round((box[1] + box[3]) / 2 / 10 - 0.5)), 0), 4)
+            inside = [maps[i, j]]
+        assert value == pytest.approx(float(torch.stack(inside).mean()), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_and_data(synthetic_cache, tmp_path_factory):
+    cfg = _pretrain_cfg(tmp_path_factory.mktemp("refresh"))
+    torch.manual_seed(0)
+    model = JoinDet(cfg).eval()
+    dicts = DatasetCatalog.get(DATASET)[:4]
+    return cfg, model, dicts
+
+
+class _Precedent:
+    """A PriorVersion stand-in: fixed boxes per image id."""
+
+    def __init__(self, priors):
+        self.priors = priors
+
+    def get(self, image_id):
+        return self.priors[image_id]
+
+
+@pytest.mark.parametrize("name", GENERATORS)
+def test_each_generator_gives_valid_priors_for_every_image(tiny_model_and_data, name):
+    cfg, model, dicts = tiny_model_and_data
+    settings = prior_settings_from_cfg(cfg)
+    settings["refresh"]["generator"] = name
+    generator = build_refresh_generator(settings, DetrDatasetMapper(cfg, is_train=False))
+    rng = np.random.default_rng(0)
+    precedent = {}
+    for d in dicts:
+        xy = rng.uniform(0, d["width"] / 2, (5, 2))
+        precedent[d["image_id"]] = (np.concatenate([xy, xy + d["width"] / 3], 1).astype(np.float32),
+                                    rng.uniform(0.1, 1, 5).astype(np.float32))
+    model.train()
+    out = generator(model, dicts, _Precedent(precedent))
+    assert model.training  # the generator restored the mode
+    assert sorted(out) == sorted(d["image_id"] for d in dicts)
+    topk = cfg.JOINDET.PRIORS.TOPK
+    for d in dicts:
+        boxes, scores = out[d["image_id"]]
+        assert boxes.dtype == np.float32 and boxes.shape == (len(scores), 4) and len(scores) <= topk
+        assert np.isfinite(boxes).all() and np.isfinite(scores).all()
+        assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
+        assert boxes.min(initial=0) >= 0 and (boxes[:, [0, 2]] <= d["width"] + 1e-3).all()
+        assert (boxes[:, [1, 3]] <= d["height"] + 1e-3).all()
+        if name == "rescore":  # the precedent boxes, re-scored in [0, 1]
+            np.testing.assert_array_equal(boxes, precedent[d["image_id"]][0])
+            assert ((scores >= 0) & (scores <= 1)).all()
+        if name in ("detector", "detector_ncut"):
+            assert len(scores) >= 1  # 10 queries: what NMS at 0.7 keeps, at most top K
+            iou = box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes)).fill_diagonal_(0)
+            assert float(iou.max()) <= cfg.JOINDET.REFRESH.NMS_THRESH + 1e-6
+            assert ((scores >= 0) & (scores <= 1)).all() and np.all(np.diff(scores) <= 1e-7)
+
+
+def test_detector_ncut_scores_are_the_detector_scores_reweighted(tiny_model_and_data):
+    cfg, model, dicts = tiny_model_and_data
+    settings = prior_settings_from_cfg(cfg)
+    mapper = DetrDatasetMapper(cfg, is_train=False)
+    settings["refresh"]["generator"] = "detector"
+    plain = build_refresh_generator(settings, mapper)(model, dicts)
+    settings["refresh"]["generator"] = "detector_ncut"
+    reweighted = build_refresh_generator(settings, mapper)(model, dicts)
+    for d in dicts:
+        # objectness x (1 + mean M) / 2 with mean M in [-1, 1]: never above the detector's best score
+        assert reweighted[d["image_id"]][1].max() <= plain[d["image_id"]][1].max() + 1e-6
+
+
+@pytest.mark.parametrize("name", ["detector", "rescore"])
+def test_refresh_run_with_a_generator_publishes_a_complete_version(synthetic_cache, tmp_path, name):
+    cfg = _pretrain_cfg(tmp_path / "out", "SOLVER.MAX_ITER", "3", "JOINDET.UPDATE_PERIOD_ITERS", "2",
+                        "JOINDET.REFRESH.GENERATOR", name)
+    trainer = JoinDetTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    bank = PriorBank(bank_dir(cfg))
+    assert bank.versions() == [0, 1]
+    v0, v1 = bank.read(0), bank.read(1)
+    assert v1.meta["info"]["source"] == name and v1.image_ids.tolist() == v0.image_ids.tolist()
+    for image_id in v0.image_ids.tolist():
+        old_boxes, _ = v0.get(image_id)
+        new_boxes, new_scores = v1.get(image_id)
+        assert 1 <= len(new_boxes) <= cfg.JOINDET.PRIORS.TOPK and np.isfinite(new_scores).all()
+        if name == "rescore":  # the same boxes, re-ranked by the blended scores
+            np.testing.assert_allclose(np.sort(new_boxes, axis=0), np.sort(old_boxes, axis=0), atol=1e-4)
+
+
+def test_compare_priors_scores_sources_and_generators(synthetic_cache, tmp_path, capsys):
+    from joindet.tools import compare_priors
+
+    cfg = _pretrain_cfg(tmp_path / "out")
+    dicts = DatasetCatalog.get(DATASET)
+    rng = np.random.default_rng(1)
+    boxes = [np.float32([[2, 2, 30, 30], [10, 20, 40, 60]]) + rng.uniform(0, 3, (1, 4)).astype(np.float32)
+             for _ in dicts]
+    PriorBank(tmp_path / "bank").write_version(0, [d["image_id"] for d in dicts], boxes,
+                                               [np.float32([0.9, 0.5])] * len(dicts))
+    opts = [*TINY_PRETRAIN_OPTS_FOR_TOOL, "OUTPUT_DIR", str(tmp_path / "out")]
+    rows = compare_priors.main(["--config-file", str(PRETRAIN_CONFIG), "--sources", "random_crops",
+                                "--generators", "rescore", "detector", "--bank", str(tmp_path / "bank"),
+                                "--dataset", "synth_train", "--json", str(tmp_path / "rows.json"), "--opts", *opts])
+    labels = [label for label, _ in rows]
+    assert labels == ["random_crops (version 0)", "bank v0", "rescore (current)", "rescore (smoothed with v0)",
+                      "detector (current)", "detector (smoothed with v0)"]
+    by_label = dict(rows)
+    # re-scoring keeps the boxes: the same recall as the bank it re-scored
+    assert by_label["rescore (current)"]["R50@30"] == by_label["bank v0"]["R50@30"]
+    assert all(r["num_images"] == 8 for _, r in rows)
+    assert "| random_crops (version 0)" in capsys.readouterr().out
+    assert len(json.loads((tmp_path / "rows.json").read_text())) == 6
+    assert cfg.DATASETS.TRAIN == (DATASET,)
