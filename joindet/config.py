@@ -84,6 +84,7 @@ def add_joindet_config(cfg):
     _C.JOINDET.NCUT.BACKBONE_FEATURE = "res4"  # backbone feature cut by the ncut_backbone source
     _C.JOINDET.NCUT.COLOR_PATCH = 8  # ncut_color source: patch size (pixels) of the mean colours
     _C.JOINDET.NCUT.COLOR_TAU = 0.99  # ncut_color source: tau on RGB vectors (all close in angle)
+    _C.JOINDET.NCUT.SOLVER = "lanczos"  # eigen solver: lanczos (partial, float32 + float64 fallback) or dense (float64 eigh)
     _C.JOINDET.NCUT.BATCH_SIZE = 4  # images per batch when generating priors
     _C.JOINDET.SMOOTH = CN()
     _C.JOINDET.SMOOTH.MOMENTUM = 0.45  # m_s: weight of the precedent priors in the Box Smooth Module
@@ -153,6 +154,7 @@ def validate_config(cfg):
            f"JOINDET.SMOOTH.IOU_THRESHOLD must be in (0, 1), got {j.SMOOTH.IOU_THRESHOLD}")
     _check(-1.0 <= j.NCUT.TAU <= 1.0, f"JOINDET.NCUT.TAU must be in [-1, 1] (a cosine), got {j.NCUT.TAU}")
     _check(j.NCUT.EPS > 0, f"JOINDET.NCUT.EPS must be > 0, got {j.NCUT.EPS}")
+    _check(j.NCUT.SOLVER in ("lanczos", "dense"), f"JOINDET.NCUT.SOLVER must be 'lanczos' or 'dense', got {j.NCUT.SOLVER!r}")
     _check(j.NCUT.NUM_ROUNDS >= 1, f"JOINDET.NCUT.NUM_ROUNDS must be >= 1, got {j.NCUT.NUM_ROUNDS}")
     _check(0.0 < j.REFRESH.NMS_THRESH <= 1.0, f"JOINDET.REFRESH.NMS_THRESH must be in (0, 1], got {j.REFRESH.NMS_THRESH}")
     _check(j.UPDATE_PERIOD >= 0, f"JOINDET.UPDATE_PERIOD must be >= 0 (0 = never), got {j.UPDATE_PERIOD}")

@@ -1,7 +1,9 @@
 """The main job on the built-in default, on the CPU: ``python -m joindet.demo`` (``make demo``).
 
-1. JoinDet pretraining of the mini Deformable DETR on the synthetic images, without their labels
-   (configs/mini/pretrain_synth.yaml), then the quality of every prior version against the hidden boxes;
+1. JoinDet pretraining of the mini Deformable DETR (frozen ImageNet Lite0 backbone) on the synthetic
+   images, without their labels (configs/mini/pretrain_synth.yaml; ``--generator`` picks the refresh
+   generator, e.g. ``ncut_encoder`` for the paper's), then the quality of every prior version against the
+   hidden boxes;
 2. fine-tuning of the pretrained detector on 10% of the synthetic labels
    (configs/mini/finetune_synth_10pct.yaml);
 3. evaluation on the synthetic val split: the COCO-style AP table.
@@ -63,6 +65,9 @@ def main(argv=None):
     parser.add_argument("--config-dir", default=str(CONFIG_DIR), help="the repository's configs/ folder")
     parser.add_argument("--pretrain-opts", nargs="*", default=[], help="extra KEY VALUE overrides for pretraining")
     parser.add_argument("--finetune-opts", nargs="*", default=[], help="extra KEY VALUE overrides for fine-tuning")
+    parser.add_argument("--generator", default="",
+                        help="refresh generator (JOINDET.REFRESH.GENERATOR): detector, detector_ncut, rescore or "
+                             "ncut_encoder (the paper's); default: the config's")
     parser.add_argument("--baseline", action="store_true",
                         help="also fine-tune without detector pretraining (same split and schedule)")
     args = parser.parse_args(argv)
@@ -71,7 +76,8 @@ def main(argv=None):
 
     start = time.perf_counter()
     pretrain_dir = out / "pretrain"
-    _run(_config("mini/pretrain_synth.yaml", args.config_dir), args.pretrain_opts, pretrain_dir)
+    generator_opts = ["JOINDET.REFRESH.GENERATOR", args.generator] if args.generator else []
+    _run(_config("mini/pretrain_synth.yaml", args.config_dir), generator_opts + args.pretrain_opts, pretrain_dir)
     timings["pretrain_s"] = time.perf_counter() - start
     table, rows = _prior_quality(pretrain_dir / "prior_bank")
     summary["prior_quality"] = {label: m for label, m in rows}

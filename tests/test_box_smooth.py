@@ -318,3 +318,36 @@ def test_batched_rejects_disagreeing_image_counts():
     empty = torch.zeros((0, 4), dtype=torch.float64)
     with pytest.raises(ValueError, match="number of images"):
         smooth_priors_batched(empty, empty[:, 0], torch.tensor([0, 0]), empty, empty[:, 0], torch.tensor([0]))
+
+
+def test_version_arrays_chunked_equal_per_image_smoothing():
+    from joindet.priors.box_smooth import smooth_version_arrays
+
+    rng = np.random.default_rng(11)
+    olds = [random_priors(rng, n) for n in (4, 0, 9, 30, 2)]
+    news = [random_priors(rng, n) for n in (6, 3, 0, 25, 2)]
+
+    def flat(parts):
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                np.concatenate([[0], np.cumsum([len(p[0]) for p in parts])]))
+
+    results = [smooth_version_arrays(*flat(olds), *flat(news), topk=12, chunk_images=c) for c in (1, 2, 100)]
+    for boxes, scores, offsets in results[1:]:
+        np.testing.assert_array_equal(boxes, results[0][0])
+        np.testing.assert_array_equal(scores, results[0][1])
+        np.testing.assert_array_equal(offsets, results[0][2])
+    boxes, scores, offsets = results[0]
+    for i, ((ob, os_), (nb, ns)) in enumerate(zip(olds, news)):
+        want_b, want_s = smooth_priors(ob, os_, nb, ns, topk=12)
+        np.testing.assert_array_equal(boxes[offsets[i]:offsets[i + 1]], want_b)
+        np.testing.assert_array_equal(scores[offsets[i]:offsets[i + 1]], want_s)
+    with pytest.raises(ValueError, match="num_images"):
+        smooth_version_arrays(*flat(olds), *flat(news[:3]))
+
+
+def test_bank_benchmark_smoke(tmp_path):
+    from joindet.benchmarks import bank
+
+    (row,) = bank.main(["--sizes", "tiny", "--json", str(tmp_path / "bank.json")])
+    assert row["images"] == 1000 and 1000 <= row["output_boxes"] <= 30_000 and row["total_s"] > 0
+    assert (tmp_path / "bank.json").is_file()

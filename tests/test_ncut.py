@@ -272,3 +272,74 @@ def test_bad_arguments():
     holed[0, 1, 1] = False
     with pytest.raises(ValueError, match="top-left rectangle"):
         priors_from_features(f, [(32, 32)], valid_mask=holed)
+
+
+# ----------------------------------------------------------------------------- partial (Lanczos) solver
+def _aligned_corr(a, b):
+    """|cosine| of two maps per image (eigenvectors are defined up to sign)."""
+    return torch.nn.functional.cosine_similarity(a.flatten(1).double(), b.flatten(1).double(), dim=1).abs()
+
+
+@pytest.mark.parametrize("tau", [0.2, 0.5])
+def test_lanczos_map_matches_the_dense_reference(tau):
+    # 24 x 24 patches (576 nodes, above LANCZOS_MIN_NODES: the partial solver runs), two images, noisy scenes
+    scenes = [_scene(24, 24, [(3, 4, 12, 14, 1), (15, 15, 22, 23, 2)], seed=s, noise=0.4) for s in (1, 2)]
+    f = torch.stack(scenes).float()
+    dense = eigen_attention_map(f, tau=tau, solver="dense")
+    partial = eigen_attention_map(f, tau=tau, solver="lanczos")
+    assert (_aligned_corr(dense, partial) >= 0.99).all()
+    assert torch.equal(masks_from_map(dense), masks_from_map(partial))
+
+
+def test_lanczos_handles_detached_nodes_like_the_dense_solver():
+    # padding (valid top-left block) and removed patches inside the valid block
+    f = torch.stack([_scene(24, 24, [(2, 2, 10, 12, 1)], seed=3, noise=0.3),
+                     _scene(24, 24, [(12, 3, 20, 20, 2)], seed=4, noise=0.3)]).float()
+    valid = torch.zeros(2, 24, 24, dtype=torch.bool)
+    valid[0, :20, :22] = True
+    valid[1] = True
+    valid[1, 14:18, 5:9] = False  # already found in an earlier round
+    dense = eigen_attention_map(f, valid_mask=valid, solver="dense")
+    partial = eigen_attention_map(f, valid_mask=valid, solver="lanczos")
+    assert (_aligned_corr(dense, partial) >= 0.99).all()
+    assert torch.equal(masks_from_map(dense, valid), masks_from_map(partial, valid))
+    assert (partial[~valid] == 0).all()
+
+
+def test_lanczos_falls_back_to_float64_where_it_does_not_converge(monkeypatch):
+    import joindet.priors.ncut as ncut
+
+    f = torch.stack([_scene(16, 16, [(3, 3, 9, 9, 1)], seed=5, noise=0.5)]).float()
+    monkeypatch.setattr(ncut, "LANCZOS_MIN_NODES", 2)
+    calls = []
+    real = ncut._lanczos_second
+
+    def never_converges(U, valid):
+        y, ok = real(U, valid, steps=2, restarts=0)
+        calls.append(ok)
+        return y, torch.zeros_like(ok)
+
+    monkeypatch.setattr(ncut, "_lanczos_second", never_converges)
+    fallback = eigen_attention_map(f, solver="lanczos")
+    assert calls  # the partial solver ran, and its result was replaced by the dense one
+    torch.testing.assert_close(fallback, eigen_attention_map(f, solver="dense"))
+
+
+def test_priors_with_either_solver_agree():
+    f = torch.stack([_scene(24, 24, [(3, 4, 12, 14, 1), (15, 15, 22, 23, 2)], seed=s, noise=0.3)
+                     for s in (6, 7)]).float()
+    dense = priors_from_features(f, [(192, 192)] * 2, solver="dense")
+    partial = priors_from_features(f, [(192, 192)] * 2, solver="lanczos")
+    for (bd, sd), (bp, sp) in zip(dense, partial):
+        np.testing.assert_allclose(bd, bp, atol=1e-3)
+        np.testing.assert_allclose(sd, sp, atol=1e-3)
+    with pytest.raises(ValueError, match="solver"):
+        priors_from_features(f, [(192, 192)] * 2, solver="arpack")
+
+
+def test_ncut_benchmark_smoke(tmp_path):
+    from joindet.benchmarks import ncut as bench
+
+    rows = bench.main(["--num-images", "1", "--grids", "4", "--json", str(tmp_path / "b.json")])
+    assert len(rows) == 1 and rows[0]["grid"] == "4x4" and rows[0]["ncut_dense_ms"] is not None
+    assert rows[0]["ss_over_lanczos"] > 0 and (tmp_path / "b.json").is_file()

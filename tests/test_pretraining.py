@@ -41,6 +41,7 @@ TINY_PRETRAIN_OPTS = [
     "JOINDET.PRIORS.TOPK", "10",
     "JOINDET.NCUT.FEATURE_LEVEL", "0",
     "JOINDET.NCUT.BATCH_SIZE", "4",
+    "JOINDET.REFRESH.GENERATOR", "ncut_encoder",  # the paper's refresh (the mini config refreshes by rescore)
     "MODEL.DEFORMABLE_DETR.ENC_LAYERS", "1",
     "MODEL.DEFORMABLE_DETR.DEC_LAYERS", "1",
 ]

@@ -10,7 +10,7 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from ..evaluation.prior_quality import evaluate_priors, format_prior_quality_table
-from ..priors.box_smooth import mean_best_iou, smooth_prior_lists
+from ..priors.box_smooth import mean_best_iou, merge_refresh
 from ..priors.generation import gather_priors, shard
 from ..priors.sources import prior_source_name, version0_cache_key
 from .trainer import unwrap_model
@@ -115,13 +115,8 @@ class PriorRefreshHook(HookBase):
         previous = self.active.current()
         local = shard(self.dataset_dicts)
         current = self.generator(model, local, previous)
-        ids = [d["image_id"] for d in local]
-        found = [i for i in ids if len(current[i][0]) > 0]  # an image where nothing was found keeps its priors
-        merged = smooth_prior_lists([previous.get(i) for i in found], [current[i] for i in found],
-                                    momentum=self.momentum, iou_threshold=self.iou_threshold, topk=self.topk)
-        smoothed = {i: previous.get(i) for i in ids}
-        smoothed.update(zip(found, merged))
-        kept = len(ids) - len(found)
+        smoothed, kept = merge_refresh(previous, current, [d["image_id"] for d in local], momentum=self.momentum,
+                                       iou_threshold=self.iou_threshold, topk=self.topk)
         priors = gather_priors(smoothed)
         kept = sum(comm.all_gather(kept))
         version = previous.version + 1

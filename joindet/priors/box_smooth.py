@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-__all__ = ["smooth_priors", "smooth_priors_batched", "smooth_prior_lists", "check_smooth_settings", "mean_best_iou"]
+__all__ = ["smooth_priors", "smooth_priors_batched", "smooth_prior_lists", "smooth_version_arrays", "merge_refresh", "check_smooth_settings", "mean_best_iou"]
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -240,6 +240,58 @@ def smooth_priors(
     )
 
 
+def smooth_version_arrays(
+    old_boxes: np.ndarray,
+    old_scores: np.ndarray,
+    old_offsets: np.ndarray,
+    new_boxes: np.ndarray,
+    new_scores: np.ndarray,
+    new_offsets: np.ndarray,
+    momentum: float = 0.45,
+    iou_threshold: float = 0.48,
+    topk: int = 30,
+    chunk_images: int = 65536,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The Box Smooth Module over a whole bank version in the bank's own layout (numpy, float32 boxes,
+    ``offsets`` (num_images + 1,) as in ``PriorVersion``), for the same images in both sets.
+
+    Blocks of ``chunk_images`` images go through :func:`smooth_priors_batched` (float64) one after the
+    other, so the working memory is that of one block, whatever the size of the version; the result is
+    written into arrays of at most ``num_images x topk`` rows. No Python call per image.
+    Returns (boxes (R, 4) float32, scores (R,) float32, offsets (num_images + 1,) int64).
+    """
+    momentum, iou_threshold, topk = check_smooth_settings(momentum, iou_threshold, topk)
+    old_offsets, new_offsets = np.asarray(old_offsets, np.int64), np.asarray(new_offsets, np.int64)
+    if old_offsets.shape != new_offsets.shape or old_offsets.ndim != 1 or old_offsets.size < 1:
+        raise ValueError(f"old_offsets {old_offsets.shape} and new_offsets {new_offsets.shape} must both be "
+                         "(num_images + 1,)")
+    num_images = old_offsets.size - 1
+    old_counts, new_counts = np.diff(old_offsets), np.diff(new_offsets)
+    capacity = int(np.minimum(old_counts + new_counts, topk).sum())
+    out_boxes = np.empty((capacity, 4), np.float32)
+    out_scores = np.empty((capacity,), np.float32)
+    out_counts = np.zeros((num_images,), np.int64)
+    row = 0
+    for lo in range(0, num_images, chunk_images):
+        hi = min(lo + chunk_images, num_images)
+        o = slice(old_offsets[lo], old_offsets[hi])
+        n = slice(new_offsets[lo], new_offsets[hi])
+        ob, os_ = _check_boxes_scores(torch.as_tensor(old_boxes[o], dtype=torch.float64),
+                                      torch.as_tensor(old_scores[o], dtype=torch.float64), "old")
+        nb, ns = _check_boxes_scores(torch.as_tensor(new_boxes[n], dtype=torch.float64),
+                                     torch.as_tensor(new_scores[n], dtype=torch.float64), "new")
+        boxes, scores, counts = smooth_priors_batched(
+            ob, os_, torch.as_tensor(old_counts[lo:hi]), nb, ns, torch.as_tensor(new_counts[lo:hi]),
+            momentum=momentum, iou_threshold=iou_threshold, topk=topk)
+        k = boxes.shape[0]
+        out_boxes[row:row + k] = boxes.numpy()
+        out_scores[row:row + k] = scores.numpy()
+        out_counts[lo:hi] = counts.numpy()
+        row += k
+    offsets = np.concatenate([[0], np.cumsum(out_counts)]).astype(np.int64)
+    return out_boxes[:row], out_scores[:row], offsets
+
+
 def smooth_prior_lists(
     old: Sequence[Tuple[np.ndarray, np.ndarray]],
     new: Sequence[Tuple[np.ndarray, np.ndarray]],
@@ -247,26 +299,34 @@ def smooth_prior_lists(
     iou_threshold: float = 0.48,
     topk: int = 30,
 ) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """:func:`smooth_priors_batched` over aligned per-image lists of (boxes (k, 4), scores (k,)) numpy pairs
-    (precedent and current priors of the same images), in one call; returns float32 pairs per image."""
+    """:func:`smooth_version_arrays` over aligned per-image lists of (boxes (k, 4), scores (k,)) numpy pairs
+    (precedent and current priors of the same images); returns float32 pairs per image."""
     if len(old) != len(new):
         raise ValueError(f"{len(old)} precedent and {len(new)} current prior sets: they must be aligned")
-    momentum, iou_threshold, topk = check_smooth_settings(momentum, iou_threshold, topk)
-    device, wdtype = torch.device("cpu"), torch.float64
 
-    def flat(pairs, name):
-        checked = [_check_boxes_scores(_to_tensor(b, device, wdtype), _to_tensor(s, device, wdtype), name)
-                   for b, s in pairs]
-        counts = torch.tensor([b.shape[0] for b, _ in checked], dtype=torch.long)
-        boxes = torch.cat([b for b, _ in checked]) if checked else torch.zeros((0, 4), dtype=wdtype)
-        scores = torch.cat([s for _, s in checked]) if checked else torch.zeros((0,), dtype=wdtype)
-        return boxes, scores, counts
+    def flat(pairs):
+        boxes = [np.asarray(b, np.float32).reshape(-1, 4) for b, _ in pairs]
+        scores = [np.asarray(s, np.float32).reshape(-1) for _, s in pairs]
+        offsets = np.concatenate([[0], np.cumsum([len(b) for b in boxes])]).astype(np.int64)
+        if not pairs:
+            return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), offsets
+        return np.concatenate(boxes), np.concatenate(scores), offsets
 
-    boxes, scores, counts = smooth_priors_batched(*flat(old, "old"), *flat(new, "new"), momentum=momentum,
-                                                  iou_threshold=iou_threshold, topk=topk)
-    boxes, scores = boxes.numpy().astype(np.float32), scores.numpy().astype(np.float32)
-    splits = np.cumsum(counts.numpy())[:-1]
-    return list(zip(np.split(boxes, splits), np.split(scores, splits)))
+    boxes, scores, offsets = smooth_version_arrays(*flat(old), *flat(new), momentum=momentum,
+                                                   iou_threshold=iou_threshold, topk=topk)
+    return [(boxes[a:b], scores[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+def merge_refresh(previous, current, image_ids, momentum=0.45, iou_threshold=0.48, topk=30):
+    """What a refresh publishes for ``image_ids``: the precedent priors (``previous.get(id)``) smoothed
+    with the current ones (``current[id]``), except that an image for which the generator found nothing
+    keeps its precedent priors unchanged. Returns (dict image_id -> (boxes, scores), images kept)."""
+    found = [i for i in image_ids if len(current[i][0]) > 0]
+    merged = smooth_prior_lists([previous.get(i) for i in found], [current[i] for i in found], momentum=momentum,
+                                iou_threshold=iou_threshold, topk=topk)
+    out = {i: previous.get(i) for i in image_ids}
+    out.update(zip(found, merged))
+    return out, len(image_ids) - len(found)
 
 
 def check_smooth_settings(momentum, iou_threshold, topk) -> Tuple[float, float, int]:

@@ -73,7 +73,7 @@ def run_over_images(model, dataset_dicts, mapper, fn, *, batch_size=4, num_worke
 
 
 def generate_ncut_priors(model, dataset_dicts, mapper, feature_fn, *, batch_size=4, num_workers=0, tau=0.2,
-                         eps=1e-5, num_rounds=3, topk=30, nms_threshold=0.7, center=False):
+                         eps=1e-5, num_rounds=3, topk=30, nms_threshold=0.7, center=False, solver="lanczos"):
     """Priors for every image of ``dataset_dicts`` from NCut on the patch features ``feature_fn`` returns.
 
     Args:
@@ -81,7 +81,7 @@ def generate_ncut_priors(model, dataset_dicts, mapper, feature_fn, *, batch_size
         dataset_dicts: Detectron2 dicts with ``file_name``, ``height``, ``width``, ``image_id``.
         mapper: a test-time mapper (resize only).
         feature_fn: ``feature_fn(model, batched_inputs) -> (features (N, h, w, c), valid (N, h, w), sizes)``.
-        tau, eps, num_rounds, topk, nms_threshold: see :func:`joindet.priors.ncut.priors_from_features`.
+        tau, eps, num_rounds, topk, nms_threshold, solver: see :func:`joindet.priors.ncut.priors_from_features`.
         center: subtract each image's mean feature first, so that the cosine of Eq. 1 measures how patches
             differ rather than the component they all share (encoder outputs share a large one).
 
@@ -93,7 +93,7 @@ def generate_ncut_priors(model, dataset_dicts, mapper, feature_fn, *, batch_size
             feats = center_features(feats, valid)
         sizes = [(x["height"], x["width"]) for x in batch]
         return priors_from_features(feats, sizes, valid_mask=valid, tau=tau, eps=eps, num_rounds=num_rounds,
-                                    topk=topk, nms_threshold=nms_threshold)
+                                    topk=topk, nms_threshold=nms_threshold, solver=solver)
 
     return run_over_images(model, dataset_dicts, mapper, ncut, batch_size=batch_size, num_workers=num_workers,
                            what="NCut priors")

@@ -42,6 +42,11 @@ __all__ = [
 
 _DETACHED_EIGENVALUE = 3.0
 _EIGH_DTYPE = torch.float64
+SOLVERS = ("lanczos", "dense")  # JOINDET.NCUT.SOLVER
+LANCZOS_STEPS = 40  # Krylov dimension of one Lanczos run
+LANCZOS_RESTARTS = 2  # restarts from the Ritz vector before the dense fallback
+LANCZOS_TOL = 1e-4  # Ritz residual |A z - theta z| (z of unit norm) below which a graph has converged
+LANCZOS_MIN_NODES = 128  # smaller graphs go to the dense solver (as fast there, and exact)
 
 
 def _check_graph_args(features: torch.Tensor, tau: float, eps: float,
@@ -81,31 +86,30 @@ def affinity_matrix(features: torch.Tensor, tau: float = 0.2, eps: float = 1e-5,
         U: (B, N, N) float64; rows and columns of invalid nodes are 0. Zero feature vectors have
         cosine 0 with every node (themselves included).
     """
-    f = torch.nn.functional.normalize(features.to(_EIGH_DTYPE), dim=-1)
-    cos = f @ f.transpose(1, 2)
-    U = torch.where(cos >= tau, torch.ones_like(cos), torch.full_like(cos, eps))
+    U = _graph(features, tau, eps, _EIGH_DTYPE)
     if valid is not None:
-        pair = valid[:, :, None] & valid[:, None, :]
-        U = U * pair
+        U = U * (valid[:, :, None] & valid[:, None, :])
     return U
 
 
-def second_eigenvector(U: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Second-smallest generalised eigenvector of ``(D - U) y = lambda D y`` per graph.
+def _graph(features: torch.Tensor, tau: float, eps: float, dtype: torch.dtype) -> torch.Tensor:
+    """The thresholded cosine affinity of all node pairs (B, N, N) in ``dtype``, before any masking."""
+    f = torch.nn.functional.normalize(features.to(dtype), dim=-1)
+    cos = f @ f.transpose(1, 2)
+    return torch.where(cos >= tau, torch.ones_like(cos), torch.full_like(cos, eps))
 
-    One batched ``torch.linalg.eigh`` on ``L_sym = I - D^-1/2 U D^-1/2`` (float64), then
-    ``y1 = D^-1/2 z1``. Invalid nodes are detached (see the module docstring).
 
-    Args:
-        U: (B, N, N) symmetric non-negative affinity with zero rows/columns at invalid nodes.
-        valid: (B, N) bool.
+def _has_structure(U: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: at least two valid nodes and not all affinities between valid nodes equal."""
+    pair = valid[:, :, None] & valid[:, None, :]
+    u_max = U.masked_fill(~pair, float("-inf")).amax(dim=(1, 2))
+    u_min = U.masked_fill(~pair, float("inf")).amin(dim=(1, 2))
+    return (valid.sum(-1) >= 2) & (u_max > u_min)
 
-    Returns:
-        y1: (B, N) float64, zero at invalid nodes, scaled so that ``y1^T D y1 = 1``. All zero for a
-        graph with fewer than two valid nodes or whose valid affinities are all equal (every
-        partition is then equally good: the graph carries no structure, so there is no foreground).
-    """
-    U = U.to(_EIGH_DTYPE)
+
+def _dense_second(U: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The reference solver: one batched float64 ``eigh`` of L_sym; returns y1 (B, N) float64."""
+    U = U.to(_EIGH_DTYPE) * (valid[:, :, None] & valid[:, None, :])
     deg = U.sum(-1)
     deg = torch.where(valid, deg, torch.ones_like(deg))
     inv_sqrt = deg.rsqrt()
@@ -113,13 +117,100 @@ def second_eigenvector(U: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     diag = torch.where(valid, torch.ones_like(deg), torch.full_like(deg, _DETACHED_EIGENVALUE))
     L = L + torch.diag_embed(diag)
     _, vecs = torch.linalg.eigh(L)
-    y = vecs[:, :, 1] * inv_sqrt * valid
+    return vecs[:, :, 1] * inv_sqrt * valid
 
-    pair = valid[:, :, None] & valid[:, None, :]
-    u_max = U.masked_fill(~pair, float("-inf")).amax(dim=(1, 2))
-    u_min = U.masked_fill(~pair, float("inf")).amin(dim=(1, 2))
-    has_structure = (valid.sum(-1) >= 2) & (u_max > u_min)
-    return y * has_structure[:, None]
+
+def _lanczos_second(U: torch.Tensor, valid: torch.Tensor, steps: int = LANCZOS_STEPS,
+                    restarts: int = LANCZOS_RESTARTS, tol: float = LANCZOS_TOL):
+    """Partial solver: the second eigenvector by batched Lanczos iterations in float32.
+
+    Works on the normalised affinity ``A = D^-1/2 U D^-1/2`` of the valid nodes (its largest eigenvalue
+    is 1, with the trivial eigenvector ``z0 = D^1/2 1``): Lanczos with full re-orthogonalisation, kept
+    orthogonal to ``z0``, finds the largest eigenvalue of ``A`` on the complement, i.e. the second-smallest
+    of ``L_sym = I - A``; restarted from its Ritz vector up to ``restarts`` times. ``A`` is never formed:
+    each step is one product with ``U`` for the whole batch, the masking of invalid nodes and the degree
+    scaling applied to the vectors, so one unmasked ``U`` serves every NCut round.
+
+    Returns (y1 (B, N) float32 scaled so that ``y1^T D y1 = 1``, converged (B,) bool): a graph converged
+    when the Ritz residual ``|A z - theta z|`` is below ``tol``.
+    """
+    B, N, _ = U.shape
+    U = U.to(torch.float32)
+    vf = valid.to(torch.float32)
+    deg = torch.bmm(U, vf[:, :, None])[..., 0] * vf
+    inv_sqrt = torch.where(valid, deg.clamp(min=1e-30).rsqrt(), torch.zeros_like(deg))
+
+    def apply_a(x):  # (B, N) -> A x
+        return inv_sqrt * torch.bmm(U, (inv_sqrt * x)[:, :, None])[..., 0]
+
+    z0 = deg.clamp(min=0).sqrt()
+    z0 = z0 / z0.norm(dim=-1, keepdim=True).clamp(min=1e-30)
+    m = max(2, min(int(steps), N - 1))
+    # deterministic start: a fixed pseudo-random pattern over the nodes (the global RNG is not touched)
+    idx = torch.arange(N, device=U.device, dtype=torch.float32)
+    z = (torch.sin(idx * 12.9898 + 1.0) * 43758.5453).frac()[None] * vf
+    converged = torch.zeros(B, dtype=torch.bool, device=U.device)
+    for _ in range(int(restarts) + 1):
+        Q = U.new_zeros((B, m + 1, N))
+        alpha = U.new_zeros((B, m))
+        beta = U.new_zeros((B, m))
+        v = z - (z * z0).sum(-1, keepdim=True) * z0
+        Q[:, 0] = v / v.norm(dim=-1, keepdim=True).clamp(min=1e-30)
+        for j in range(m):
+            w = apply_a(Q[:, j])
+            alpha[:, j] = (w * Q[:, j]).sum(-1)
+            for _ in range(2):  # full re-orthogonalisation, twice (float32)
+                w = w - (w * z0).sum(-1, keepdim=True) * z0
+                w = w - torch.einsum("bk,bkn->bn", torch.einsum("bkn,bn->bk", Q[:, :j + 1], w), Q[:, :j + 1])
+            beta[:, j] = w.norm(dim=-1)
+            Q[:, j + 1] = w / beta[:, j, None].clamp(min=1e-30)
+        off = beta[:, :-1].double()
+        T = torch.diag_embed(alpha.double()) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+        theta, S = torch.linalg.eigh(T)
+        z = torch.einsum("bk,bkn->bn", S[:, :, -1].to(torch.float32), Q[:, :m])  # the largest Ritz value
+        z = z / z.norm(dim=-1, keepdim=True).clamp(min=1e-30)
+        converged = (apply_a(z) - theta[:, -1, None].to(torch.float32) * z).norm(dim=-1) < tol
+        if bool(converged.all()):
+            break
+    return z * inv_sqrt, converged
+
+
+def second_eigenvector(U: torch.Tensor, valid: torch.Tensor, solver: str = "lanczos") -> torch.Tensor:
+    """Second-smallest generalised eigenvector of ``(D - U) y = lambda D y`` per graph.
+
+    ``solver="dense"``: one batched ``torch.linalg.eigh`` on ``L_sym = I - D^-1/2 U D^-1/2`` (float64),
+    then ``y1 = D^-1/2 z1`` -- the reference. ``solver="lanczos"`` (default): the partial solver of
+    :func:`_lanczos_second` in float32; graphs it does not converge on, or with fewer than
+    ``LANCZOS_MIN_NODES`` valid nodes, are solved by the dense path (float64). Invalid nodes are
+    detached (see the module docstring).
+
+    Args:
+        U: (B, N, N) symmetric non-negative affinity (1 or eps per pair); its rows and columns at invalid
+            nodes are ignored (masked here), so one unmasked affinity serves every round.
+        valid: (B, N) bool.
+        solver: "lanczos" or "dense".
+
+    Returns:
+        y1: (B, N) float64, zero at invalid nodes, scaled so that ``y1^T D y1 = 1`` (sign arbitrary). All
+        zero for a graph with fewer than two valid nodes or whose valid affinities are all equal (every
+        partition is then equally good: the graph carries no structure, so there is no foreground).
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    structure = _has_structure(U, valid)
+    if solver == "dense":
+        y = _dense_second(U, valid)
+    else:
+        y = torch.zeros(U.shape[:2], dtype=_EIGH_DTYPE, device=U.device)
+        partial = structure & (valid.sum(-1) >= LANCZOS_MIN_NODES)
+        if bool(partial.any()):
+            y_p, ok = _lanczos_second(U[partial], valid[partial])
+            y[partial] = y_p.to(_EIGH_DTYPE)
+            partial[partial.clone()] = ok
+        rest = structure & ~partial
+        if bool(rest.any()):  # small graphs, and the float64 fallback where Lanczos did not converge
+            y[rest] = _dense_second(U[rest], valid[rest])
+    return y * structure[:, None]
 
 
 def border_of_valid(valid_mask: torch.Tensor) -> torch.Tensor:
@@ -183,8 +274,9 @@ def fix_sign(y: torch.Tensor, valid: torch.Tensor, border: torch.Tensor) -> torc
     return torch.where(flip_border[:, None], -y, y)
 
 
-def _eigen_attention_map64(features, tau, eps, valid_mask, border_mask):
-    """float64 map (B, h, w) and the valid mask used; see :func:`eigen_attention_map`."""
+def _eigen_attention_map64(features, tau, eps, valid_mask, border_mask, solver="lanczos", graph=None):
+    """float64 map (B, h, w) and the valid mask used; see :func:`eigen_attention_map`. ``graph``: the
+    unmasked affinity of :func:`_graph` when the caller already has it (the same in every NCut round)."""
     valid_mask = _check_graph_args(features, tau, eps, valid_mask)
     B, h, w, c = features.shape
     if border_mask is None:
@@ -193,15 +285,22 @@ def _eigen_attention_map64(features, tau, eps, valid_mask, border_mask):
         raise ValueError(f"border_mask must be a (B, h, w) = {(B, h, w)} bool tensor, "
                          f"got {tuple(border_mask.shape)} {border_mask.dtype}")
     valid = valid_mask.reshape(B, h * w)
-    U = affinity_matrix(features.reshape(B, h * w, c), tau, eps, valid)
-    y = second_eigenvector(U, valid)
+    if graph is None:
+        graph = _graph(features.reshape(B, h * w, c), tau, eps, _graph_dtype(solver))
+    U = graph * (valid[:, :, None] & valid[:, None, :])
+    y = second_eigenvector(U, valid, solver)
     y = fix_sign(y, valid, border_mask.to(valid.device).reshape(B, h * w))
     return y.reshape(B, h, w), valid_mask
 
 
+def _graph_dtype(solver):
+    """float32 graphs for the partial solver (its arithmetic is float32), float64 for the reference."""
+    return torch.float32 if solver == "lanczos" else _EIGH_DTYPE
+
+
 def eigen_attention_map(features: torch.Tensor, tau: float = 0.2, eps: float = 1e-5,
                         valid_mask: Optional[torch.Tensor] = None,
-                        border_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                        border_mask: Optional[torch.Tensor] = None, solver: str = "lanczos") -> torch.Tensor:
     """Eigen attention map M of each image (supplement Eqs. 1-8), batched.
 
     Args:
@@ -219,7 +318,7 @@ def eigen_attention_map(features: torch.Tensor, tau: float = 0.2, eps: float = 1
         the valid patches; 0 at invalid patches and everywhere for an image without structure
         (fewer than two valid patches or all valid affinities equal). Computed in float64.
     """
-    M, _ = _eigen_attention_map64(features, tau, eps, valid_mask, border_mask)
+    M, _ = _eigen_attention_map64(features, tau, eps, valid_mask, border_mask, solver)
     return M.to(features.dtype)
 
 
@@ -323,7 +422,7 @@ def _check_prior_args(image_sizes, B, num_rounds, topk, nms_threshold, min_patch
 def priors_from_features(features: torch.Tensor, image_sizes: Sequence[Tuple[float, float]],
                          valid_mask: Optional[torch.Tensor] = None, tau: float = 0.2,
                          eps: float = 1e-5, num_rounds: int = 3, topk: int = 30,
-                         nms_threshold: float = 0.7, min_patches: int = 1
+                         nms_threshold: float = 0.7, min_patches: int = 1, solver: str = "lanczos"
                          ) -> list:
     """Scored object priors per image from NCut rounds on patch features.
 
@@ -345,6 +444,8 @@ def priors_from_features(features: torch.Tensor, image_sizes: Sequence[Tuple[flo
         topk: maximum number of priors per image.
         nms_threshold: IoU threshold of the NMS.
         min_patches: regions with fewer patches give no box.
+        solver: eigen solver (see :func:`second_eigenvector`). The affinity is computed once and only
+            re-masked in each round.
 
     Returns:
         list of B tuples (boxes (k, 4) float32 XYXY absolute coords clipped to the image,
@@ -357,12 +458,16 @@ def priors_from_features(features: torch.Tensor, image_sizes: Sequence[Tuple[flo
     grids = _valid_grid_sizes(valid_mask)
     border = border_of_valid(valid_mask)
 
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    h, w, c = features.shape[1:]
+    graph = _graph(features.reshape(B, h * w, c), tau, eps, _graph_dtype(solver))  # the same in every round
     remaining = valid_mask.clone()
     found = [[] for _ in range(B)]
     for _ in range(int(num_rounds)):
         if not remaining.any():
             break
-        maps, _ = _eigen_attention_map64(features, tau, eps, remaining, border)
+        maps, _ = _eigen_attention_map64(features, tau, eps, remaining, border, solver, graph)
         fg = masks_from_map(maps, remaining)
         peak = torch.where(remaining, maps.abs(), torch.zeros_like(maps)).amax((1, 2))
         score_maps = (maps / peak.clamp(min=1e-30)[:, None, None]).cpu().numpy()

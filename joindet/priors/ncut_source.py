@@ -22,20 +22,21 @@ class NCutBackboneSource:
     the natural version 0 with a pretrained (e.g. SwAV) backbone, before the encoder has learned."""
 
     def __init__(self, *, mapper, feature="res4", weights="", batch_size=4, tau=0.2, eps=1e-5, num_rounds=3,
-                 topk=30, nms_threshold=0.7, center=False):
+                 topk=30, nms_threshold=0.7, center=False, solver="lanczos"):
         self.mapper = mapper
         self.feature = feature
         self.weights = weights
         self.batch_size = batch_size
         self.ncut = dict(tau=tau, eps=eps, num_rounds=num_rounds, topk=topk, nms_threshold=nms_threshold,
-                         center=center)
+                         center=center, solver=solver)
 
     @classmethod
     def from_config(cls, cfg, mapper):
         n = cfg.JOINDET.NCUT
         return {"mapper": mapper, "feature": n.BACKBONE_FEATURE, "weights": cfg.MODEL.WEIGHTS,
                 "batch_size": n.BATCH_SIZE, "tau": n.TAU, "eps": n.EPS, "num_rounds": n.NUM_ROUNDS,
-                "topk": cfg.JOINDET.PRIORS.TOPK, "nms_threshold": n.NMS_THRESH, "center": n.CENTER}
+                "topk": cfg.JOINDET.PRIORS.TOPK, "nms_threshold": n.NMS_THRESH, "center": n.CENTER,
+                "solver": n.SOLVER}
 
     def cache_key(self):
         return {"feature": self.feature, "weights": self.weights, **self.ncut}
@@ -55,17 +56,18 @@ class NCutColorSource:
     with no pretrained backbone (DESIGN.md section 5). RGB vectors are all close in angle, hence a tau near 1.
     An image that cannot be read gets no priors (logged)."""
 
-    def __init__(self, *, patch=8, tau=0.99, eps=1e-5, num_rounds=3, topk=30, nms_threshold=0.7):
+    def __init__(self, *, patch=8, tau=0.99, eps=1e-5, num_rounds=3, topk=30, nms_threshold=0.7, solver="lanczos"):
         if patch < 1:
             raise ValueError(f"patch must be >= 1, got {patch}")
         self.patch = int(patch)
-        self.ncut = dict(tau=tau, eps=eps, num_rounds=num_rounds, topk=topk, nms_threshold=nms_threshold)
+        self.ncut = dict(tau=tau, eps=eps, num_rounds=num_rounds, topk=topk, nms_threshold=nms_threshold,
+                         solver=solver)
 
     @classmethod
     def from_config(cls, cfg, mapper=None):
         n = cfg.JOINDET.NCUT
         return {"patch": n.COLOR_PATCH, "tau": n.COLOR_TAU, "eps": n.EPS, "num_rounds": n.NUM_ROUNDS,
-                "topk": cfg.JOINDET.PRIORS.TOPK, "nms_threshold": n.NMS_THRESH}
+                "topk": cfg.JOINDET.PRIORS.TOPK, "nms_threshold": n.NMS_THRESH, "solver": n.SOLVER}
 
     def cache_key(self):
         return {"patch": self.patch, **self.ncut}

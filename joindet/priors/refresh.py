@@ -58,7 +58,7 @@ def _register(name):
 def _ncut_settings(settings):
     n, p = settings["ncut"], settings["priors"]
     return {"tau": n["tau"], "eps": n["eps"], "num_rounds": n["num_rounds"], "nms_threshold": n["nms_thresh"],
-            "center": n["center"], "topk": p["topk"]}
+            "center": n["center"], "topk": p["topk"], "solver": n["solver"]}
 
 
 @_register("ncut_encoder")
@@ -133,21 +133,21 @@ class DetectorNCutGenerator(DetectorGenerator):
     (1 + mean of M / max|M| inside the box) / 2, so a box on the foreground keeps its objectness and one on
     the background loses up to all of it. NMS and top K after the re-scoring."""
 
-    def __init__(self, *, feature_level=-1, tau=0.2, eps=1e-5, center=False, **kwargs):
+    def __init__(self, *, feature_level=-1, tau=0.2, eps=1e-5, center=False, solver="lanczos", **kwargs):
         super().__init__(**kwargs)
-        self.feature_level, self.tau, self.eps, self.center = feature_level, tau, eps, center
+        self.feature_level, self.tau, self.eps, self.center, self.solver = feature_level, tau, eps, center, solver
 
     @classmethod
     def from_settings(cls, settings, mapper):
         n = settings["ncut"]
         return {**super().from_settings(settings, mapper), "feature_level": n["feature_level"], "tau": n["tau"],
-                "eps": n["eps"], "center": n["center"]}
+                "eps": n["eps"], "center": n["center"], "solver": n["solver"]}
 
     def _detect(self, model, batch):
         preds, feats, valid, _ = model.objectness_predictions(batch, level=self.feature_level)
         if self.center:
             feats = center_features(feats, valid)
-        maps = eigen_attention_map(feats, self.tau, self.eps, valid_mask=valid)
+        maps = eigen_attention_map(feats, self.tau, self.eps, valid_mask=valid, solver=self.solver)
         peak = torch.where(valid, maps.abs(), torch.zeros_like(maps)).amax((1, 2)).clamp(min=1e-30)
         out = []
         for (boxes, objectness), m, v, p, x in zip(preds, maps, valid, peak, batch):

@@ -11,8 +11,9 @@ Compare prior sources side by side on one dataset, class-agnostic, against the i
 
 Every source and generator is built from the same config (``--opts`` overrides it); a source replaces
 ``JOINDET.PRIORS.INIT_SOURCE``, a generator ``JOINDET.REFRESH.GENERATOR``. A generator's row is scored
-twice: its raw output ("current priors") and that output merged with the bank version by the Box Smooth
-Module with the config's m_s and threshold (what a refresh would publish). Prints a Markdown table with
+twice: its raw output ("current priors") and what a refresh would publish from it (the bank version merged
+with it by the Box Smooth Module, with the config's m_s and threshold; images where the generator found
+nothing keep their priors). Prints a Markdown table with
 the seconds each took, writes the rows as JSON.
 """
 import argparse
@@ -32,7 +33,7 @@ from joindet.data.mapper import DetrDatasetMapper
 from joindet.engine.pretrain import prior_settings_from_cfg
 from joindet.evaluation.prior_quality import evaluate_priors, format_prior_quality_table
 from joindet.priors.bank import PriorBank
-from joindet.priors.box_smooth import smooth_prior_lists
+from joindet.priors.box_smooth import merge_refresh
 from joindet.priors.refresh import build_refresh_generator
 from joindet.priors.sources import build_prior_source_from_cfg
 
@@ -116,10 +117,9 @@ def compare_priors(cfg_file: str, dataset: str, sources: Sequence[str] = (), gen
             current = build_refresh_generator(settings, mapper)(model, dicts, previous)
             seconds = time.perf_counter() - start
             score(f"{name} (current)", current, seconds)
-            ids = [d["image_id"] for d in dicts]
-            merged = smooth_prior_lists([previous.get(i) for i in ids], [current[i] for i in ids], momentum=s.MOMENTUM,
-                                        iou_threshold=s.IOU_THRESHOLD, topk=cfg.JOINDET.PRIORS.TOPK)
-            score(f"{name} (smoothed with v{previous.version})", dict(zip(ids, merged)), seconds)
+            merged, _ = merge_refresh(previous, current, [d["image_id"] for d in dicts], momentum=s.MOMENTUM,
+                                      iou_threshold=s.IOU_THRESHOLD, topk=cfg.JOINDET.PRIORS.TOPK)
+            score(f"{name} (smoothed with v{previous.version})", merged, seconds)
     return rows
 
 

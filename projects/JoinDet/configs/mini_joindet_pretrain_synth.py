@@ -2,7 +2,7 @@
 # LazyConfig twin of configs/mini/pretrain_synth.yaml. The model is mini_deformable_detr_synth.py's with
 # JoinDet's heads: the frozen pretrained Lite0 backbone also gives the embedding targets (320-d pooled res5
 # of each prior's crop, as the paper's "same SwAV encoder"); version 0 comes from selective search; the
-# encoder's own NCut priors (stride-16 level: 16 x 16 patches at 256 px) refresh it every 100 iterations;
+# precedent boxes re-scored by the model being trained refresh it every 100 iterations;
 # prior quality of every version is scored against synth_train's boxes. 300 iterations at batch 8,
 # constant lr.
 #
@@ -26,6 +26,7 @@ joindet.priors.eval_dataset = "synth_train"  # the same images with their boxes:
 joindet.ncut.feature_level = 1  # stride-16 level: 16 x 16 patches at 256 px
 joindet.ncut.backbone_feature = "res4"  # ncut_backbone version 0: the frozen Lite0's stride-16 features
 joindet.ncut.batch_size = 8
+joindet.refresh.generator = "rescore"  # measured best here (README); "ncut_encoder" is the paper's
 joindet.update_period_iters = 100
 
 train.max_iter = 300

@@ -33,6 +33,7 @@ joindet = dict(
         backbone_feature="res4",  # backbone feature cut by the ncut_backbone source
         color_patch=8,  # ncut_color source: patch size (pixels) of the mean colours
         color_tau=0.99,  # ncut_color source: tau on RGB vectors (all close in angle)
+        solver="lanczos",  # eigen solver: lanczos (partial, float32 + float64 fallback) or dense (float64 eigh)
         batch_size=4,  # images per batch when generating priors
     ),
     smooth=dict(
@@ -55,6 +56,7 @@ joindet = dict(
             topk="${joindet.priors.topk}",
             nms_threshold="${joindet.ncut.nms_thresh}",
             center="${joindet.ncut.center}",
+            solver="${joindet.ncut.solver}",
         ),
         selective_search=dict(
             topk="${joindet.priors.topk}",
@@ -68,6 +70,7 @@ joindet = dict(
             num_rounds="${joindet.ncut.num_rounds}",
             topk="${joindet.priors.topk}",
             nms_threshold="${joindet.ncut.nms_thresh}",
+            solver="${joindet.ncut.solver}",
         ),
         random_crops=dict(topk="${joindet.priors.topk}", seed="${joindet.priors.seed}"),
     ),
