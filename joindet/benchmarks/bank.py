@@ -21,6 +21,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from joindet.benchmarks import markdown_table, write_rows
+
 SIZES = {"coco": 118_287, "imagenet": 1_281_167, "tiny": 1_000}  # images; K = 30 priors each
 K = 30
 
@@ -95,12 +97,8 @@ def main(argv: Optional[Sequence[str]] = None):
         rows.append(json.loads(out.strip().splitlines()[-1]))
     cols = ["size", "images", "smooth_s", "write_s", "read_s", "total_s", "input_mb", "peak_extra_mb",
             "peak_over_input"]
-    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+    print(markdown_table(rows, cols))
+    write_rows(args.json, rows)
     return rows
 
 

@@ -120,7 +120,7 @@ def smooth_priors_batched(
     Returns boxes (R, 4), scores (R,) and counts (N,) in the same flat layout, in the work dtype of the
     inputs (call with float64 for bit-exact singleton boxes).
     """
-    device, dtype = old_boxes.device, old_boxes.dtype
+    device = old_boxes.device
     num_images = old_counts.numel()
     if new_counts.numel() != num_images:
         raise ValueError(f"old_counts and new_counts disagree on the number of images: {num_images} vs "
