@@ -143,11 +143,14 @@ def smooth_priors_batched(
     target = torch.full((num_new,), -1, dtype=torch.long, device=device)  # joined precedent row, or -1
     if num_old and num_new:
         old_starts = torch.cumsum(old_counts, 0) - old_counts
+        # rows are grouped by image: the rows of images [lo, hi) are one contiguous range of each set
+        old_ends = torch.cat([old_starts, old_starts.new_tensor([num_old])]).tolist()
+        new_ends = torch.cat([torch.cumsum(new_counts, 0) - new_counts, new_counts.new_tensor([num_new])]).tolist()
         ko, kn = int(old_counts.max()), int(new_counts.max())
         for lo in range(0, num_images, chunk_images):
             hi = min(lo + chunk_images, num_images)
-            rows = ((new_image >= lo) & (new_image < hi)).nonzero().squeeze(1)
-            orows = ((old_image >= lo) & (old_image < hi)).nonzero().squeeze(1)
+            rows = torch.arange(new_ends[lo], new_ends[hi], device=device)
+            orows = torch.arange(old_ends[lo], old_ends[hi], device=device)
             if rows.numel() == 0 or orows.numel() == 0:
                 continue
             odense = _dense(old_boxes[orows], old_image[orows] - lo, old_rank[orows], hi - lo, ko)

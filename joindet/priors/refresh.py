@@ -25,6 +25,7 @@ from detectron2.utils.registry import Registry
 
 from .generation import center_features, generate_ncut_priors, run_over_images
 from .ncut import eigen_attention_map
+from .sources import register_by_name
 
 __all__ = ["REFRESH_GENERATOR_REGISTRY", "build_refresh_generator", "box_mean_of_map"]
 
@@ -49,10 +50,7 @@ def build_refresh_generator(settings, mapper):
 
 
 def _register(name):
-    def deco(cls):
-        REFRESH_GENERATOR_REGISTRY._do_register(name, cls)
-        return cls
-    return deco
+    return register_by_name(REFRESH_GENERATOR_REGISTRY, name, "refresh generator")
 
 
 def _ncut_settings(settings):

@@ -61,21 +61,27 @@ Registry of version-0 prior sources: name -> class. ``build_prior_source(name, *
 PriorList = List[Tuple[np.ndarray, np.ndarray]]
 
 
-def register_prior_source(name: str) -> Callable:
+def register_by_name(registry, name: str, what: str) -> Callable:
     """
-    Class decorator: register a prior source under ``name`` (Detectron2's ``Registry.register``
-    would use the class name; configs name sources in snake case).
+    Class decorator: register a class in a Detectron2 ``registry`` under ``name`` (``Registry.register``
+    would use the class name; configs name these components in snake case). ``what`` names the kind of
+    component in the errors (an empty or already registered name is refused).
     """
     if not isinstance(name, str) or not name:
-        raise ValueError(f"a prior source name must be a non-empty string, got {name!r}")
+        raise ValueError(f"a {what} name must be a non-empty string, got {name!r}")
 
     def deco(cls):
-        if name in PRIOR_SOURCE_REGISTRY:
-            raise ValueError(f"a prior source named {name!r} is already registered")
-        PRIOR_SOURCE_REGISTRY._do_register(name, cls)
+        if name in registry:
+            raise ValueError(f"a {what} named {name!r} is already registered")
+        registry._do_register(name, cls)
         return cls
 
     return deco
+
+
+def register_prior_source(name: str) -> Callable:
+    """Class decorator: register a version-0 prior source under ``name``."""
+    return register_by_name(PRIOR_SOURCE_REGISTRY, name, "prior source")
 
 
 def build_prior_source(name: str, **kwargs):
