@@ -1,6 +1,7 @@
 """Tests of the analysis tools: the prior-evolution figure (one panel per bank version + selective
-search, per image) with its quality plot, and the resumable ablation runner (orchestration with a
-fake training runner, plus one real tiny pretrain + fine-tune run through ``train_net.py``)."""
+search, per image) with its quality plot, and the resumable ablation runner in both modes, a config
+key's values and a comparison of methods (orchestration with a fake training runner, the shipped
+comparison's configs, plus one real tiny pretrain + fine-tune run through ``train_net.py``)."""
 import json
 import os
 
@@ -14,6 +15,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from joindet.data.synthetic import register_synthetic
+from joindet.engine.launcher import write_results
 from joindet.priors.bank import PriorBank
 from joindet.tools import ablation, prior_evolution
 from joindet.tools.prior_evolution import LABEL_WIDTH, TITLE_HEIGHT, draw_prior_grid
@@ -157,34 +159,41 @@ def test_figure_tool_writes_grid_and_quality_plot(tiny_bank, tmp_path, capsys):
 # --------------------------------------------------------------------------- ablation orchestration
 PRETRAIN_CONFIG = "configs/mini/pretrain_synth.yaml"
 FINETUNE_CONFIG = "configs/mini/finetune_synth_10pct.yaml"
+NO_PRETRAIN_FINETUNE_CONFIG = "configs/baselines/mini/no_pretrain_finetune_synth_10pct.yaml"
+DETREG_CONFIG = "configs/baselines/mini/detreg_pretrain_synth.yaml"
 
 
-def _copypaste(dataset, ap, ap50, ap75):
-    return (f"[d2.engine.defaults]: Evaluation results for {dataset} in csv format:\n"
-            "[d2.evaluation.testing]: copypaste: Task: bbox\n"
-            "[d2.evaluation.testing]: copypaste: AP,AP50,AP75,APs,APm,APl\n"
-            f"[d2.evaluation.testing]: copypaste: {ap:.4f},{ap50:.4f},{ap75:.4f},nan,1.0000,2.0000\n")
+def _momentum_score(run):
+    """The param-mode fake's AP before the seed: 10 x the m_s the run was pretrained with."""
+    return 10 * float(json.load(open(os.path.join(run, "pretrain_done.json")))["argv"][-5])
 
 
 class FakeRunner:
-    """Records the train_net.py argv of each call; pretraining writes model_final.pth, fine-tuning
-    logs a copypaste block with AP = 10 * value + seed, AP50 = AP + 20, AP75 = AP / 2."""
+    """
+    Records the train_net.py argv of each call and writes what train_net.py would into its
+    OUTPUT_DIR: a pretraining (a call whose config is none of ``finetune_config_files``) writes
+    model_final.pth; a fine-tuning writes eval_results.json (launcher.write_results) with
+    AP = score(run folder) + seed, AP50 = AP + 20, AP75 = AP / 2, and APs NaN: the configs' one test
+    dataset synth_val, whose {task: {metric}} Detectron2 returns unwrapped.
+    """
 
-    def __init__(self):
+    def __init__(self, score=_momentum_score, finetune_config_files=(FINETUNE_CONFIG,)):
         self.calls = []
+        self.score = score
+        self.finetune_config_files = {str(REPO_ROOT / f) for f in finetune_config_files}
 
     def __call__(self, argv, log_file, env):
         self.calls.append(list(argv))
         opts = dict(zip(argv[2::2], argv[3::2]))
         out = opts["OUTPUT_DIR"]
         os.makedirs(out, exist_ok=True)
-        if "MODEL.WEIGHTS" not in opts:
+        if argv[1] not in self.finetune_config_files:
             open(os.path.join(out, "model_final.pth"), "wb").close()
             return "pretrained\n"
-        value = float(json.load(open(os.path.join(os.path.dirname(out), "pretrain_done.json")))["argv"][-5])
-        ap = 10 * value + int(opts["SEED"])
-        # an earlier evaluation (replaced by the final one), then the final one
-        return _copypaste("synth_val", -1, -1, -1) + "iter 2\n" + _copypaste("synth_val", ap, ap + 20, ap / 2)
+        ap = self.score(os.path.dirname(out)) + int(opts["SEED"])
+        bbox = {"AP": ap, "AP50": ap + 20, "AP75": ap / 2, "APs": float("nan"), "APm": 1.0, "APl": 2.0}
+        write_results(out, {"bbox": bbox})
+        return "fine-tuned\n"
 
 
 def _ablation_args(out_dir, values=("0", "0.7"), seeds=("0", "1")):
@@ -222,6 +231,7 @@ def test_ablation_orchestration_table_and_resume(tmp_path, capsys):
     assert cv2.imread(str(out / "plot.png")) is not None
     result = json.loads((out / "value_0.7" / "seed_1" / "result.json").read_text())
     assert result["bbox"]["AP"] == pytest.approx(8.0) and result["bbox"]["APs"] is None  # NaN -> null
+    assert result["param"] == "JOINDET.SMOOTH.MOMENTUM" and result["value_text"] == "0.7"
 
     # a second invocation launches nothing and writes the same table
     rerun = FakeRunner()
@@ -258,16 +268,60 @@ def test_ablation_dry_run_and_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit):
         ablation.main(_ablation_args(tmp_path / "bad") + ["--pretrain-opts", "SEED", "4"], runner=runner)
     assert "must not set ['SEED']" in capsys.readouterr().err
+
+    # the two modes exclude each other; --param needs its values and pretraining config
+    with pytest.raises(SystemExit):
+        ablation.main(_ablation_args(tmp_path / "bad") + ["--methods", "configs/mini/compare_methods.yaml"],
+                      runner=runner)
+    assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ablation.main(["--param", "JOINDET.SMOOTH.MOMENTUM", "--out-dir", str(tmp_path / "bad")], runner=runner)
+    assert "--param needs --values and --pretrain-config and --finetune-config" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ablation.main(["--methods", "configs/mini/compare_methods.yaml", "--pretrain-config", PRETRAIN_CONFIG,
+                       "--finetune-config", FINETUNE_CONFIG, "--out-dir", str(tmp_path / "bad")], runner=runner)
+    assert "--pretrain-config is not used with --methods" in capsys.readouterr().err
     assert runner.calls == []
 
 
-def test_parse_copypaste_and_categorical_plot(tmp_path):
-    text = (_copypaste("a_val", 1, 2, 3) + _copypaste("b_val", 4, 5, 6) + _copypaste("a_val", 7, 8, 9)
-            + "copypaste: Task: bbox\n")  # a block without its dataset header line is ignored
-    parsed = ablation.parse_copypaste(text)
-    assert sorted(parsed) == ["a_val", "b_val"]
-    assert parsed["a_val"]["bbox"]["AP"] == 7.0 and parsed["b_val"]["bbox"]["AP75"] == 6.0
-    assert parsed["a_val"]["bbox"]["APm"] == 1.0
+def test_read_bbox_results_and_categorical_plot(tmp_path, capsys):
+    # the file train_net.py writes: {dataset: {task: {metric: value}}}, NaN for what could not be computed
+    write_results(str(tmp_path), {"a_val": {"bbox": {"AP": 7.0, "APl": float("nan")}, "segm": {"AP": 1.0}},
+                                  "b_val": {"bbox": {"AP": 4.0}}, "c_val": {"segm": {"AP": 2.0}}})
+    bbox = ablation.read_bbox_results(tmp_path, ["a_val", "c_val", "b_val", "d_val"])
+    assert sorted(bbox) == ["a_val", "b_val"]  # datasets without bbox results are left out
+    assert bbox["a_val"]["AP"] == 7.0 and np.isnan(bbox["a_val"]["APl"]) and bbox["b_val"] == {"AP": 4.0}
+    # the scoring dataset (the first) must be there; a missing file or dataset names the file
+    path = str(tmp_path / "eval_results.json")
+    with pytest.raises(ablation.TrainingFailed, match="no bbox results for c_val") as failed:
+        ablation.read_bbox_results(tmp_path, ["c_val", "a_val"])
+    assert path in str(failed.value)
+    with pytest.raises(ablation.TrainingFailed, match="no bbox results for d_val") as failed:
+        ablation.read_bbox_results(tmp_path, ["d_val"])
+    assert path in str(failed.value) and "['a_val', 'b_val', 'c_val']" in str(failed.value)
+    # one test dataset: Detectron2 returns (and train_net.py writes) its {task: {metric}} unwrapped
+    write_results(str(tmp_path / "one"), {"bbox": {"AP": 5.0}, "segm": {"AP": 1.0}})
+    assert ablation.read_bbox_results(tmp_path / "one", ["a_val"]) == {"a_val": {"AP": 5.0}}
+    write_results(str(tmp_path / "one"), {"segm": {"AP": 1.0}})
+    with pytest.raises(ablation.TrainingFailed, match="no bbox results for a_val .*top-level keys: \\['segm'\\]"):
+        ablation.read_bbox_results(tmp_path / "one", ["a_val"])
+    with pytest.raises(ablation.TrainingFailed, match="not found") as failed:
+        ablation.read_bbox_results(tmp_path / "empty", ["a_val"])
+    assert str(tmp_path / "empty" / "eval_results.json") in str(failed.value)
+
+    # a fine-tuning that writes no results fails the run with that message (and writes no result.json)
+    def no_results(argv, log_file, env):
+        out = dict(zip(argv[2::2], argv[3::2]))["OUTPUT_DIR"]
+        os.makedirs(out, exist_ok=True)
+        open(os.path.join(out, "model_final.pth"), "wb").close()
+        return ""
+
+    with pytest.raises(SystemExit) as exited:
+        ablation.main(_ablation_args(tmp_path / "abl", values=("0.2",), seeds=("0",)), runner=no_results)
+    run = tmp_path / "abl" / "value_0.2" / "seed_0"
+    assert exited.value.code == 1
+    assert f"{run / 'finetune' / 'eval_results.json'} not found" in capsys.readouterr().err
+    assert (run / "pretrain_done.json").is_file() and not (run / "result.json").exists()
 
     results = [{"value": v, "seed": s, "bbox": {"AP": a, "AP50": a, "AP75": a}}
                for v, s, a in [("random_crops", 0, 1.0), ("selective_search", 0, 3.0)]]
@@ -277,6 +331,154 @@ def test_parse_copypaste_and_categorical_plot(tmp_path):
     assert "| selective_search" in ablation.format_ablation_table(summary)
     ablation.plot_ablation(summary, str(tmp_path / "cat.png"))
     assert cv2.imread(str(tmp_path / "cat.png")) is not None
+
+
+# --------------------------------------------------------------------------- method comparison
+METHODS_YAML = f"""
+- name: no_pretraining
+  pretrain_config: null
+  finetune_config: {NO_PRETRAIN_FINETUNE_CONFIG}
+- name: detreg
+  pretrain_config: {DETREG_CONFIG}
+- name: joindet_ncut
+  pretrain_config: {PRETRAIN_CONFIG}
+  pretrain_opts: [JOINDET.REFRESH.GENERATOR, ncut_encoder, JOINDET.SMOOTH.MOMENTUM, 0.2]
+  finetune_opts: [SOLVER.BASE_LR, 0.0001]
+"""
+METHOD_AP = {"method_no_pretraining": 1.0, "method_detreg": 3.0, "method_joindet_ncut": 6.0}
+
+
+def _comparison_args(methods_file, out_dir, seeds=("0", "1")):
+    return ["--methods", str(methods_file), "--seeds", *seeds, "--finetune-config", FINETUNE_CONFIG,
+            "--out-dir", str(out_dir)]
+
+
+def _method_runner():
+    """The fake train_net.py of a comparison: AP = METHOD_AP[the run's method folder] + seed."""
+    return FakeRunner(score=lambda run: METHOD_AP[os.path.basename(os.path.dirname(run))],
+                      finetune_config_files=(FINETUNE_CONFIG, NO_PRETRAIN_FINETUNE_CONFIG))
+
+
+def test_comparison_runs_each_method_and_resumes(tmp_path, capsys):
+    methods_file = tmp_path / "methods.yaml"
+    methods_file.write_text(METHODS_YAML)
+    out = tmp_path / "cmp"
+    runner = _method_runner()
+    summary = ablation.main(_comparison_args(methods_file, out), runner=runner)
+    # no_pretraining: 2 fine-tunings only; detreg and joindet_ncut: 2 x (pretrain + fine-tune) each
+    assert len(runner.calls) == 10
+    no_pre, no_pre_1 = runner.calls[0], runner.calls[1]
+    run = out / "method_no_pretraining" / "seed_0"
+    assert no_pre == ["--config-file", str(REPO_ROOT / NO_PRETRAIN_FINETUNE_CONFIG),
+                      "SEED", "0", "OUTPUT_DIR", str(run / "finetune")]  # no MODEL.WEIGHTS: the config's own
+    assert "MODEL.WEIGHTS" not in no_pre_1 and not (run / "pretrain").exists()
+    assert not (run / "pretrain_done.json").exists()
+    detreg_pre, detreg_fine = runner.calls[2], runner.calls[3]
+    run = out / "method_detreg" / "seed_0"
+    assert detreg_pre == ["--config-file", str(REPO_ROOT / DETREG_CONFIG),
+                          "SEED", "0", "OUTPUT_DIR", str(run / "pretrain")]
+    assert detreg_fine == ["--config-file", str(REPO_ROOT / FINETUNE_CONFIG),  # --finetune-config, the default
+                           "MODEL.WEIGHTS", str(run / "pretrain" / "model_final.pth"),
+                           "SEED", "0", "OUTPUT_DIR", str(run / "finetune")]
+    ncut_pre, ncut_fine = runner.calls[6], runner.calls[7]
+    run = out / "method_joindet_ncut" / "seed_0"
+    assert ncut_pre == ["--config-file", str(REPO_ROOT / PRETRAIN_CONFIG),
+                        "JOINDET.REFRESH.GENERATOR", "ncut_encoder", "JOINDET.SMOOTH.MOMENTUM", "0.2",
+                        "SEED", "0", "OUTPUT_DIR", str(run / "pretrain")]
+    assert ncut_fine[2:] == ["SOLVER.BASE_LR", "0.0001", "MODEL.WEIGHTS", str(run / "pretrain" / "model_final.pth"),
+                             "SEED", "0", "OUTPUT_DIR", str(run / "finetune")]
+
+    # rows in file order; AP = METHOD_AP + seed over seeds 0, 1
+    table = json.loads((out / "table.json").read_text())
+    assert table == summary and table["param"] == "method" and table["seeds"] == [0, 1]
+    assert [r["value"] for r in table["rows"]] == ["no_pretraining", "detreg", "joindet_ncut"]
+    for row in table["rows"]:
+        base = METHOD_AP[f"method_{row['value']}"]
+        assert row["n"] == 2 and row["per_seed"]["AP"] == pytest.approx([base, base + 1])
+        assert row["AP"]["mean"] == pytest.approx(base + 0.5) and row["AP"]["std"] == pytest.approx(np.sqrt(0.5))
+    assert [m["name"] for m in table["methods"]] == ["no_pretraining", "detreg", "joindet_ncut"]
+    assert table["methods"][0]["pretrain_config"] is None
+    assert table["methods"][2]["finetune_opts"] == ["SOLVER.BASE_LR", "0.0001"]
+    md = (out / "table.md").read_text().strip().splitlines()
+    assert len(md) == 5 and md[0].split("|")[1].strip() == "method"
+    assert [c.strip() for c in md[2].split("|")[1:-1]] == ["no_pretraining", "1.5 ± 0.7", "21.5 ± 0.7", "0.8 ± 0.4",
+                                                          "2"]
+    assert cv2.imread(str(out / "plot.png")) is not None
+    result = json.loads((out / "method_no_pretraining" / "seed_1" / "result.json").read_text())
+    assert result["value"] == "no_pretraining" and result["pretrain_argv"] is None
+    assert result["bbox"]["AP"] == pytest.approx(2.0) and result["dataset"] == "synth_val"
+
+    # a second invocation launches nothing and writes the same table
+    rerun = _method_runner()
+    assert ablation.main(_comparison_args(methods_file, out), runner=rerun) == summary
+    assert rerun.calls == []
+    assert "finished earlier" in capsys.readouterr().out
+
+    # lost fine-tunings resume alone: a pretrained method's from its checkpoint, no_pretraining's as before
+    (out / "method_joindet_ncut" / "seed_1" / "result.json").unlink()
+    (out / "method_no_pretraining" / "seed_0" / "result.json").unlink()
+    rerun = _method_runner()
+    assert ablation.main(_comparison_args(methods_file, out), runner=rerun) == summary
+    run = out / "method_joindet_ncut" / "seed_1"
+    assert rerun.calls == [no_pre, ["--config-file", str(REPO_ROOT / FINETUNE_CONFIG), "SOLVER.BASE_LR", "0.0001",
+                                    "MODEL.WEIGHTS", str(run / "pretrain" / "model_final.pth"),
+                                    "SEED", "1", "OUTPUT_DIR", str(run / "finetune")]]
+
+
+@pytest.mark.parametrize("methods_yaml, expected", [
+    (f"- name: a\n  pretrain_config: {PRETRAIN_CONFIG}\n- name: a\n  pretrain_config: null\n",
+     ["method 'a': duplicate name (methods #1 and #2)"]),
+    (f"- name: a\n  pretrain_config: {PRETRAIN_CONFIG}\n- pretrain_config: {DETREG_CONFIG}\n",
+     ["method #2 has no 'name'"]),
+    (f"- name: a\n  pretrain_config: {PRETRAIN_CONFIG}\n  pretrain_opt: [SOLVER.MAX_ITER, 10]\n",
+     ["method 'a': unknown key(s) ['pretrain_opt']"]),
+    (f"- name: a\n  pretrain_config: {PRETRAIN_CONFIG}\n  pretrain_opts: [JOINDET.REFRESH.NO_SUCH_KEY, 1]\n",
+     ["method 'a': pretraining config", "Non-existent key: JOINDET.REFRESH.NO_SUCH_KEY"]),
+    (f"- name: a\n  pretrain_config: {PRETRAIN_CONFIG}\n  pretrain_opts: [SEED, 4]\n",
+     ["method 'a': pretrain_opts must not set ['SEED']"]),
+    ("- name: a\n  pretrain_config: null\n  pretrain_opts: [JOINDET.REFRESH.GENERATOR, rescore]\n",
+     ["method 'a': pretrain_opts without a pretrain_config"]),
+    ("- name: ../a\n  pretrain_config: null\n", ["method #1: name '../a' is not a safe folder name"]),
+    ("- name: a\n", ["method 'a': 'pretrain_config' is required"]),
+    ("- name: a\n  pretrain_config: configs/no_such.yaml\n",
+     ["method 'a': config file 'configs/no_such.yaml' not found"]),
+    (f"- name: a\n  pretrain_config: null\n  finetune_config: {FINETUNE_CONFIG}\n"
+     "  finetune_opts: [DATASETS.TEST, '()']\n",
+     ["method 'a':", "has no DATASETS.TEST"]),
+    ("name: a\npretrain_config: null\n", ["must be a non-empty YAML list of methods"]),
+])
+def test_comparison_rejects_bad_method_files(tmp_path, capsys, methods_yaml, expected):
+    methods_file = tmp_path / "methods.yaml"
+    methods_file.write_text(methods_yaml)
+    runner = _method_runner()
+    with pytest.raises(SystemExit):
+        ablation.main(_comparison_args(methods_file, tmp_path / "cmp"), runner=runner)
+    err = capsys.readouterr().err
+    assert f"methods file {methods_file}" in err
+    for text in expected:
+        assert text in err
+    assert runner.calls == [] and not (tmp_path / "cmp").exists()
+
+
+def test_compare_methods_config_validates(tmp_path):
+    # every merged config of the shipped comparison validates; the dry run launches nothing
+    methods = ablation.load_methods("configs/mini/compare_methods.yaml")
+    names = ["no_pretraining", "random_crops", "detreg", "joindet_ncut_encoder", "joindet_rescore"]
+    assert [m["name"] for m in methods] == names
+    lines, runner = [], _method_runner()
+    assert ablation.run_comparison("configs/mini/compare_methods.yaml", [0], FINETUNE_CONFIG, str(tmp_path / "cmp"),
+                                   dry_run=True, runner=runner, log=lines.append) is None
+    assert runner.calls == [] and not (tmp_path / "cmp").exists()
+    assert len(lines) == 2 * len(names)  # the pretraining (or its absence) and the fine-tuning of each run
+    assert lines[0] == "[1/5] method=no_pretraining seed=0: no pretraining"
+    assert NO_PRETRAIN_FINETUNE_CONFIG in lines[1] and "MODEL.WEIGHTS" not in lines[1]
+    for i, name in enumerate(names[1:], 1):
+        pretrain, finetune = lines[2 * i], lines[2 * i + 1]
+        assert f"method={name} seed=0: pretrain:" in pretrain
+        weights = tmp_path / "cmp" / f"method_{name}" / "seed_0" / "pretrain" / "model_final.pth"
+        assert f"{FINETUNE_CONFIG} MODEL.WEIGHTS {weights} SEED 0" in finetune
+    assert "JOINDET.REFRESH.GENERATOR ncut_encoder SEED 0" in lines[6]
+    assert "JOINDET.REFRESH.GENERATOR rescore SEED 0" in lines[8]
 
 
 # --------------------------------------------------------------------------- one real tiny run
@@ -308,7 +510,7 @@ def test_ablation_real_tiny_run(subprocess_env, tmp_path):
     assert f"Loading from {run / 'pretrain' / 'model_final.pth'}" in (run / "finetune.log").read_text()
     assert result["dataset"] == "synth_val" and summary["rows"][0]["n"] == 1
 
-    # the parsed AP is pycocotools' AP of the detections the fine-tuned model wrote
+    # the AP read from eval_results.json is pycocotools' AP of the detections the fine-tuned model wrote
     register_synthetic(num_train=8, num_val=4, image_size=TINY_IMAGE_SIZE)
     gt = COCO(MetadataCatalog.get("synth_val").json_file)
     detections = json.loads((run / "finetune" / "inference" / "coco_instances_results.json").read_text())

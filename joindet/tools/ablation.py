@@ -1,20 +1,35 @@
 """
-Hyper-parameter ablations by config override alone (the supplement's Tabs. 1-3): for each value of
-one config key and each seed, pretrain with the key set to the value, fine-tune the result, and
-tabulate the fine-tuned bbox AP as mean ± std over the seeds::
+Downstream comparisons by config alone, pretrain + fine-tune per table row and seed, tabulated as the
+fine-tuned bbox AP mean ± std over the seeds. Two modes, one orchestration:
+
+* **Hyper-parameter ablations** (the supplement's Tabs. 1-3): one config key, one row per value::
 
     python -m joindet.tools.ablation --param JOINDET.SMOOTH.MOMENTUM --values 0 0.2 0.45 0.7 \\
         --seeds 0 1 2 --pretrain-config configs/mini/pretrain_synth.yaml \\
         --finetune-config configs/mini/finetune_synth_10pct.yaml --out-dir output/ablation_momentum
 
-Run ``<out>/value_<value>/seed_<seed>/`` (one per value x seed):
+* **Method comparisons** (JoinDet against its baselines): one row per *method*, a named pretraining
+  configuration or no pretraining at all, listed in a YAML file (``configs/mini/compare_methods.yaml``)::
 
-1. ``train_net.py --config-file <pretrain-config> <pretrain-opts> <param> <value> SEED <seed>
+    python -m joindet.tools.ablation --methods configs/mini/compare_methods.yaml --seeds 0 1 2 \\
+        --finetune-config configs/mini/finetune_synth_10pct.yaml --out-dir output/compare_10pct
+
+  The file is a list, in table order, of mappings with the keys ``name`` (required, unique, a folder
+  name: letters, digits, ``._+-``), ``pretrain_config`` (required: a config file, or null for a method
+  without pretraining), ``pretrain_opts`` (optional KEY VALUE list), ``finetune_config`` (optional;
+  default ``--finetune-config``) and ``finetune_opts`` (optional). ``--pretrain-opts`` /
+  ``--finetune-opts`` apply to every method, before its own options. Config paths are relative to the
+  working directory or to the repository root.
+
+Each row x seed is one run, in ``<out>/value_<value>/seed_<seed>/`` or ``<out>/method_<name>/seed_<seed>/``:
+
+1. ``train_net.py --config-file <pretrain-config> <pretrain-opts> [<param> <value>] SEED <seed>
    OUTPUT_DIR <run>/pretrain``, output in ``<run>/pretrain.log``; ``<run>/pretrain_done.json``
-   marks it finished;
+   marks it finished. A method without pretraining skips this step;
 2. ``train_net.py --config-file <finetune-config> <finetune-opts> MODEL.WEIGHTS
    <run>/pretrain/model_final.pth SEED <seed> OUTPUT_DIR <run>/finetune``, output in
-   ``<run>/finetune.log``;
+   ``<run>/finetune.log``. A method without pretraining passes no MODEL.WEIGHTS: it fine-tunes from its
+   fine-tuning config's own MODEL.WEIGHTS (which its ``finetune_opts`` may set);
 3. ``<run>/result.json`` (written atomically): the bbox AP of the fine-tuned model on every test
    dataset, the commands and timings.
 
@@ -25,24 +40,26 @@ use a new ``--out-dir`` when the configs or options change. Each training runs i
 its own ``python train_net.py`` process (working directory: the repository root), so logging
 handlers, dataset registrations and seeds never leak from one run into the next.
 
-Where the AP comes from: Detectron2's ``DefaultTrainer.test`` logs, for every test dataset,
-``Evaluation results for <dataset> in csv format:`` and then ``print_csv_format``'s
-``copypaste: Task: bbox`` / ``copypaste: AP,AP50,...`` / ``copypaste: <numbers>`` lines; they are
-parsed from the fine-tuning process's output (``parse_copypaste``). When the fine-tuning evaluates
-several times (``TEST.EVAL_PERIOD``), the last block of each dataset (the final model) counts. The
-table uses the fine-tuning config's first ``DATASETS.TEST`` entry.
+Where the AP comes from: every train_net.py run writes its final evaluation to
+``OUTPUT_DIR/eval_results.json`` (``joindet.engine.launcher.write_results``: {dataset: {task: {metric:
+value}}}, or {task: {metric: value}} when the config has one test dataset, as Detectron2's
+``DefaultTrainer.test`` returns it); the tool reads ``<run>/finetune/eval_results.json``
+(``read_bbox_results``). When the
+fine-tuning evaluates several times (``TEST.EVAL_PERIOD``), that file holds the last evaluation (the
+final model). The table uses the fine-tuning config's first ``DATASETS.TEST`` entry; in a comparison
+every method's fine-tuning config must have the same one, or the rows would not be comparable.
 
 Any config key works as ``--param``; values are yacs text (``0.45``, ``20``, ``True``,
 ``"('a',)"``), except that an integer given for a float key is passed as a float (``0`` -> ``0.0``:
-yacs refuses an int for a float key). Every configuration is merged and validated in this process
-before the first training starts, so a bad key or value fails at once with yacs' (or JoinDet's)
-error.
+yacs refuses an int for a float key). Every configuration (each value's, each method's pretraining and
+fine-tuning) is merged and validated in this process before the first training starts, so a bad file,
+key or value fails at once with yacs' (or JoinDet's) error, naming the value or method.
 
-Outputs in ``--out-dir``: ``table.md`` (one row per value: mean ± sample std (ddof 1) of AP, AP50,
-AP75 over the seeds, and n), ``table.json`` (the same numbers and the per-seed values; JSON files
-hold a metric Detectron2 could not compute, reported as NaN, as null) and
-``plot.png`` (``--metric`` against the value with std error bars; a categorical x axis when a value
-is not a number).
+Outputs in ``--out-dir``: ``table.md`` (one row per value or method: mean ± sample std (ddof 1) of
+AP, AP50, AP75 over the seeds, and n; the first column is the key, or "method"), ``table.json`` (the
+same numbers and the per-seed values; JSON files hold a metric Detectron2 could not compute, reported
+as NaN, as null) and ``plot.png`` (``--metric`` per row with std error bars; a categorical x axis when
+a value is not a number, as for method names).
 """
 import argparse
 import ast
@@ -56,17 +73,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import yaml
 
 __all__ = [
     "REPO_ROOT",
     "TABLE_METRICS",
+    "METHOD_KEYS",
+    "TrainingFailed",
     "run_training",
-    "parse_copypaste",
+    "read_bbox_results",
+    "load_methods",
     "run_ablation",
+    "run_comparison",
     "summarize",
     "format_ablation_table",
     "plot_ablation",
@@ -76,18 +99,18 @@ __all__ = [
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TABLE_METRICS = ("AP", "AP50", "AP75")
+METHOD_KEYS = ("name", "pretrain_config", "pretrain_opts", "finetune_config", "finetune_opts")  # of a methods file
 _COCO_BBOX_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOEvaluator's bbox keys (+ "AP-<class>")
 _RESERVED_KEYS = ("SEED", "OUTPUT_DIR", "MODEL.WEIGHTS")  # set by the tool for every run
-_RESULTS_HEADER = re.compile(r"Evaluation results for (\S+) in csv format:")
-_TASK = re.compile(r"copypaste: Task: (\S+)")
-_COPYPASTE = re.compile(r"copypaste: (.*?)\s*$")
+_METHOD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # a folder name on any file system, never "." or ".."
 
-# runner(argv, log_file, env) -> the process's output; argv are train_net.py's arguments.
+# runner(argv, log_file, env) -> the process's output; argv are train_net.py's arguments. The tool uses
+# no more than the files the training writes into its OUTPUT_DIR (model_final.pth, eval_results.json).
 Runner = Callable[[Sequence[str], Path, Optional[Mapping[str, str]]], str]
 
 
 class TrainingFailed(RuntimeError):
-    """A train_net.py process exited with an error."""
+    """A training failed: its train_net.py process exited with an error, or it did not write its output."""
 
 
 def run_training(argv: Sequence[str], log_file: Path, env: Optional[Mapping[str, str]] = None) -> str:
@@ -115,62 +138,63 @@ def run_training(argv: Sequence[str], log_file: Path, env: Optional[Mapping[str,
     return output
 
 
-def parse_copypaste(output: str) -> Dict[str, Dict[str, Dict[str, float]]]:
+def read_bbox_results(output_dir: Union[str, Path], datasets: Sequence[str]) -> Dict[str, Dict[str, float]]:
     """
-    The evaluation results that Detectron2 logged in ``output``.
+    The bbox results of a finished training, from the ``eval_results.json`` that train_net.py writes
+    into its OUTPUT_DIR after the final evaluation: {dataset: {task: {metric: value}}}, a metric
+    Detectron2 could not compute being NaN. For a single test dataset Detectron2's
+    ``DefaultTrainer.test`` returns that dataset's {task: {metric: value}} alone, so that is what the
+    file holds when ``datasets`` has one entry; both forms are read.
+
+    Args:
+        output_dir: the training's OUTPUT_DIR.
+        datasets: the test datasets to return; the first one must be there (it scores the run).
 
     Returns:
-        {dataset name: {task (e.g. "bbox"): {metric name: value}}}, from the ``Evaluation results
-        for <dataset> in csv format:`` blocks; a later block of the same dataset and task replaces
-        an earlier one. Values are floats ("nan" becomes NaN).
+        {dataset: {metric: value}} for each of ``datasets`` that has bbox results.
+
+    Raises:
+        TrainingFailed: the file is missing or unreadable, or holds no bbox results for ``datasets[0]``
+            (the message names the file).
     """
-    results: Dict[str, Dict[str, Dict[str, float]]] = {}
-    dataset = None
-    lines = output.splitlines()
-    i = 0
-    while i < len(lines):
-        header = _RESULTS_HEADER.search(lines[i])
-        if header:
-            dataset = header.group(1)
-            i += 1
-            continue
-        task = _TASK.search(lines[i])
-        if task and dataset is not None and i + 2 < len(lines):
-            names, values = _COPYPASTE.search(lines[i + 1]), _COPYPASTE.search(lines[i + 2])
-            if names and values:
-                keys = names.group(1).split(",")
-                numbers_ = values.group(1).split(",")
-                if len(keys) == len(numbers_):
-                    try:
-                        parsed = {k: float(v) for k, v in zip(keys, numbers_)}
-                    except ValueError:
-                        parsed = None
-                    if parsed is not None:
-                        results.setdefault(dataset, {})[task.group(1)] = parsed
-                        i += 3
-                        continue
-        i += 1
-    return results
+    path = Path(output_dir) / "eval_results.json"
+    if not path.is_file():
+        raise TrainingFailed(f"{path} not found: the training wrote no evaluation results")
+    try:
+        evaluated = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise TrainingFailed(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(evaluated, Mapping):
+        raise TrainingFailed(f"{path} holds {type(evaluated).__name__}, not {{dataset: {{task: {{metric: value}}}}}}")
+    per_dataset = evaluated
+    if len(datasets) == 1 and datasets[0] not in evaluated:
+        per_dataset = {datasets[0]: evaluated}  # the single test dataset's results, unwrapped by Detectron2
+    bbox = {name: dict(per_dataset[name]["bbox"]) for name in datasets
+            if isinstance(per_dataset.get(name), Mapping) and isinstance(per_dataset[name].get("bbox"), Mapping)}
+    if datasets[0] not in bbox:
+        raise TrainingFailed(f"{path} holds no bbox results for {datasets[0]} "
+                             f"(its top-level keys: {sorted(evaluated)})")
+    return bbox
 
 
 # --------------------------------------------------------------------------- configuration
-def _resolve_config(path: str) -> Path:
-    """A config path as given (relative to the working directory) or relative to the repository."""
+def _resolve_config(path: str, kind: str = "config file") -> Path:
+    """A file path as given (relative to the working directory) or relative to the repository."""
     for candidate in (Path(path), REPO_ROOT / path):
         if candidate.is_file():
             return candidate.resolve()
-    raise ValueError(f"config file {path!r} not found (relative to {os.getcwd()} or {REPO_ROOT})")
+    raise ValueError(f"{kind} {path!r} not found (relative to {os.getcwd()} or {REPO_ROOT})")
 
 
-def _check_opts(name: str, opts: Sequence[str], param: str) -> List[str]:
+def _check_opts(name: str, opts: Sequence[str], reserved: Sequence[str]) -> List[str]:
+    """``opts`` as text, checked to be KEY VALUE pairs that set none of the ``reserved`` keys (those the
+    tool sets for every run)."""
     opts = [str(o) for o in opts]
     if len(opts) % 2:
         raise ValueError(f"{name} must be KEY VALUE pairs, got an odd number of items: {opts}")
-    keys = opts[0::2]
-    clash = [k for k in keys if k in _RESERVED_KEYS or k == param]
+    clash = [k for k in opts[0::2] if k in reserved]
     if clash:
-        raise ValueError(f"{name} must not set {clash}: the ablation sets {param}, SEED, OUTPUT_DIR "
-                         f"(and MODEL.WEIGHTS for fine-tuning) for every run")
+        raise ValueError(f"{name} must not set {clash}: the tool sets {list(reserved)} for these runs")
     return opts
 
 
@@ -187,6 +211,21 @@ def _merged_cfg(config_file: Path, opts: Sequence[str]):
     return cfg
 
 
+def _checked_cfg(config_file: Path, opts: Sequence[str], what: str):
+    """``_merged_cfg``, with any error (yacs', JoinDet's validation) as a ValueError that starts with ``what``."""
+    try:
+        return _merged_cfg(config_file, opts)
+    except Exception as e:
+        raise ValueError(f"{what}: {type(e).__name__}: {e}") from e
+
+
+def _test_datasets(cfg, config_file: Path, what: str) -> List[str]:
+    if not cfg.DATASETS.TEST:
+        raise ValueError(f"{what}: the fine-tuning config {config_file} has no DATASETS.TEST: "
+                         "nothing to score the runs on")
+    return list(cfg.DATASETS.TEST)
+
+
 def _value_text(cfg, param: str, value: str) -> str:
     """``value`` as passed to yacs; an integer literal for a float key becomes a float literal."""
     node = cfg
@@ -200,29 +239,6 @@ def _value_text(cfg, param: str, value: str) -> str:
         if isinstance(literal, numbers.Integral) and not isinstance(literal, bool):
             return repr(float(literal))
     return value
-
-
-def _check_configs(param, values, pretrain_config, finetune_config, pretrain_opts, finetune_opts):
-    """Merge and validate every configuration in this process; returns (value texts, test datasets)."""
-    texts = []
-    try:
-        base = _merged_cfg(pretrain_config, pretrain_opts)
-    except Exception as e:
-        raise ValueError(f"pretraining config {pretrain_config} with --pretrain-opts: {type(e).__name__}: {e}") from e
-    for value in values:
-        text = _value_text(base, param, value)
-        try:
-            _merged_cfg(pretrain_config, [*pretrain_opts, param, text])
-        except Exception as e:
-            raise ValueError(f"pretraining config with {param} = {value}: {type(e).__name__}: {e}") from e
-        texts.append(text)
-    try:
-        finetune = _merged_cfg(finetune_config, finetune_opts)
-    except Exception as e:
-        raise ValueError(f"fine-tuning config {finetune_config} with --finetune-opts: {type(e).__name__}: {e}") from e
-    if not finetune.DATASETS.TEST:
-        raise ValueError(f"the fine-tuning config {finetune_config} has no DATASETS.TEST: nothing to score the runs on")
-    return texts, list(finetune.DATASETS.TEST)
 
 
 def _slug(value: str) -> str:
@@ -256,7 +272,263 @@ def _write_json_atomic(path: Path, data) -> None:
         raise
 
 
+# --------------------------------------------------------------------------- table rows
+@dataclass
+class _Row:
+    """One row of the table (a value of the ablated key, or a method) and how each of its runs trains."""
+
+    label: str  # the row's entry in the first column: the value, or the method's name
+    folder: str  # its runs' folder in out_dir: value_<value> or method_<name>
+    pretrain_config: Optional[Path]  # None: no pretraining (the fine-tuning starts from its config's MODEL.WEIGHTS)
+    pretrain_opts: Tuple[str, ...]  # in the param mode, ending with "<param> <value>"
+    finetune_config: Path
+    finetune_opts: Tuple[str, ...]
+    test_datasets: Tuple[str, ...]  # the fine-tuning's DATASETS.TEST; the first one scores the run
+    record: Dict[str, object] = field(default_factory=dict)  # what result.json says about the row
+
+
+def _param_rows(param, values, pretrain_config, finetune_config, pretrain_opts, finetune_opts) -> List[_Row]:
+    """The param mode's rows, every configuration merged and validated in this process."""
+    base = _checked_cfg(pretrain_config, pretrain_opts, f"pretraining config {pretrain_config} with --pretrain-opts")
+    texts = []
+    for value in values:
+        text = _value_text(base, param, value)
+        _checked_cfg(pretrain_config, [*pretrain_opts, param, text], f"pretraining config with {param} = {value}")
+        texts.append(text)
+    finetune = _checked_cfg(finetune_config, finetune_opts,
+                            f"fine-tuning config {finetune_config} with --finetune-opts")
+    datasets = tuple(_test_datasets(finetune, finetune_config, "--finetune-config"))
+    return [
+        _Row(label=value, folder=f"value_{_slug(value)}", pretrain_config=pretrain_config,
+             pretrain_opts=(*pretrain_opts, param, text), finetune_config=finetune_config,
+             finetune_opts=tuple(finetune_opts), test_datasets=datasets,
+             record={"param": param, "value": value, "value_text": text})
+        for value, text in zip(values, texts)
+    ]
+
+
+def load_methods(path: Union[str, Path]) -> list:
+    """
+    The methods listed in a YAML file (``yaml.safe_load``), as written: a non-empty list, in table
+    order, of mappings with the keys of ``METHOD_KEYS`` (checked by ``run_comparison``). The path is
+    relative to the working directory or to the repository root.
+    """
+    file = _resolve_config(str(path), kind="methods file")
+    try:
+        methods = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ValueError(f"methods file {file} is not valid YAML: {e}") from e
+    if not isinstance(methods, list) or not methods:
+        raise ValueError(f"methods file {file} must be a non-empty YAML list of methods (mappings with the keys "
+                         f"{list(METHOD_KEYS)}), got {type(methods).__name__}")
+    return methods
+
+
+def _yaml_opts(opts, what: str) -> List[str]:
+    """A methods file's KEY VALUE list as yacs text (YAML gives numbers and booleans as such)."""
+    if opts is None:
+        return []
+    if not isinstance(opts, list):
+        raise ValueError(f"{what} must be a list [KEY, VALUE, ...], got {opts!r}")
+    for item in opts:
+        if not isinstance(item, (str, numbers.Real)):  # numbers.Real includes bool
+            raise ValueError(f"{what}: {item!r} is neither a key nor a yacs value "
+                             "(write tuples and lists as yacs text, e.g. \"(1, 2)\")")
+    return [str(item) for item in opts]
+
+
+def _method_rows(methods: Sequence, source: str, finetune_config: Optional[str],
+                 pretrain_opts: Sequence[str], finetune_opts: Sequence[str]) -> List[_Row]:
+    """
+    The comparison's rows, one per method in order: each method checked (keys, name, options) and its
+    configurations merged and validated in this process. Every error starts with ``source`` and names
+    the method (by name, or by position when it has none).
+    """
+    rows: List[_Row] = []
+    seen: Dict[str, int] = {}
+    for i, spec in enumerate(methods, 1):
+        where = f"{source}: method #{i}"
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"{where} must be a mapping with the keys {list(METHOD_KEYS)}, got {spec!r}")
+        name = spec.get("name")
+        if name is None:
+            raise ValueError(f"{where} has no 'name' (required: the method's row in the table and its run folder)")
+        if not isinstance(name, str) or not _METHOD_NAME.fullmatch(name):
+            raise ValueError(f"{where}: name {name!r} is not a safe folder name "
+                             "(letters, digits and '._+-', starting with a letter or a digit)")
+        where = f"{source}: method {name!r}"
+        if name in seen:
+            raise ValueError(f"{where}: duplicate name (methods #{seen[name]} and #{i})")
+        seen[name] = i
+        unknown = [key for key in spec if key not in METHOD_KEYS]
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown} (a method has the keys {list(METHOD_KEYS)})")
+        if "pretrain_config" not in spec:
+            raise ValueError(f"{where}: 'pretrain_config' is required (a config file, or null for no pretraining)")
+        pretrain = spec["pretrain_config"]
+        if pretrain is not None and (not isinstance(pretrain, str) or not pretrain):
+            raise ValueError(f"{where}: pretrain_config must be a config file or null, got {pretrain!r}")
+        own_pretrain_opts = _yaml_opts(spec.get("pretrain_opts"), f"{where}: pretrain_opts")
+        if pretrain is None and own_pretrain_opts:
+            raise ValueError(f"{where}: pretrain_opts without a pretrain_config (null: nothing is pretrained)")
+        finetune = spec.get("finetune_config")
+        if finetune is None:
+            if finetune_config is None:
+                raise ValueError(f"{where}: no finetune_config, and no --finetune-config to default to")
+            finetune = finetune_config
+        elif not isinstance(finetune, str) or not finetune:
+            raise ValueError(f"{where}: finetune_config must be a config file, got {finetune!r}")
+        own_finetune_opts = _yaml_opts(spec.get("finetune_opts"), f"{where}: finetune_opts")
+
+        # a method without pretraining keeps its fine-tuning config's MODEL.WEIGHTS, which its options may set
+        pretrained = pretrain is not None
+        row_pretrain_opts = _check_opts(f"{where}: pretrain_opts", [*pretrain_opts, *own_pretrain_opts], _RESERVED_KEYS)
+        row_finetune_opts = _check_opts(f"{where}: finetune_opts", [*finetune_opts, *own_finetune_opts],
+                                        _RESERVED_KEYS if pretrained else ("SEED", "OUTPUT_DIR"))
+        try:
+            pretrain_file = _resolve_config(pretrain) if pretrained else None
+            finetune_file = _resolve_config(finetune)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e
+        if pretrained:
+            _checked_cfg(pretrain_file, row_pretrain_opts,
+                         f"{where}: pretraining config {pretrain_file} with pretrain_opts {row_pretrain_opts}")
+        finetune_cfg = _checked_cfg(
+            finetune_file, row_finetune_opts,
+            f"{where}: fine-tuning config {finetune_file} with finetune_opts {row_finetune_opts}")
+        test_datasets = tuple(_test_datasets(finetune_cfg, finetune_file, where))
+        rows.append(_Row(
+            label=name, folder=f"method_{name}", pretrain_config=pretrain_file,
+            pretrain_opts=tuple(row_pretrain_opts) if pretrained else (), finetune_config=finetune_file,
+            finetune_opts=tuple(row_finetune_opts), test_datasets=test_datasets,
+            record={"param": "method", "value": name, "method": {
+                "name": name, "pretrain_config": None if pretrain_file is None else str(pretrain_file),
+                "pretrain_opts": row_pretrain_opts if pretrained else [], "finetune_config": str(finetune_file),
+                "finetune_opts": row_finetune_opts}},
+        ))
+    scored_on = rows[0].test_datasets[0]
+    others = {r.label: r.test_datasets[0] for r in rows if r.test_datasets[0] != scored_on}
+    if others:
+        raise ValueError(f"{source}: the methods are not scored on the same dataset: {rows[0].label!r} on {scored_on}, "
+                         f"but {others}; every fine-tuning config needs the same first DATASETS.TEST entry")
+    return rows
+
+
 # --------------------------------------------------------------------------- orchestration
+def _check_run_args(seeds, metric, num_gpus) -> List[int]:
+    """The arguments common to both modes, checked; returns the seeds as a list."""
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds is empty: give at least one seed")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0:
+            raise ValueError(f"seeds must be integers >= 0, got {seeds}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    if not isinstance(metric, str) or not (metric in _COCO_BBOX_METRICS or metric.startswith("AP-")):
+        raise ValueError(f"metric must be one of {_COCO_BBOX_METRICS} or 'AP-<class name>', got {metric!r}")
+    if isinstance(num_gpus, bool) or not isinstance(num_gpus, numbers.Integral) or num_gpus < 1:
+        raise ValueError(f"num_gpus must be an integer >= 1, got {num_gpus!r}")
+    return seeds
+
+
+def _run_one(row: _Row, seed: int, run: Path, prefix: str, launch: Sequence[str], metric: str, dry_run: bool,
+             runner: Runner, env: Optional[Mapping[str, str]], log: Callable[[str], None]) -> Optional[dict]:
+    """
+    One run (row x seed) in the folder ``run``: pretrain unless that finished earlier (or the row has
+    no pretraining), fine-tune, read the AP, write result.json. Returns its content (None in a dry run).
+    """
+    weights = run / "pretrain" / "model_final.pth"
+    pretrain_argv, load = None, []
+    if row.pretrain_config is not None:
+        pretrain_argv = ["--config-file", str(row.pretrain_config), *launch, *row.pretrain_opts,
+                         "SEED", str(seed), "OUTPUT_DIR", str(run / "pretrain")]
+        load = ["MODEL.WEIGHTS", str(weights)]
+    finetune_argv = ["--config-file", str(row.finetune_config), *launch, *row.finetune_opts, *load,
+                     "SEED", str(seed), "OUTPUT_DIR", str(run / "finetune")]
+    result_file = run / "result.json"
+    if result_file.is_file():
+        log(f"{prefix}: finished earlier ({result_file}), skipped")
+        return None if dry_run else json.loads(result_file.read_text(encoding="utf-8"))
+    pretrain_done = pretrain_argv is not None and (run / "pretrain_done.json").is_file() and weights.is_file()
+    if dry_run:
+        train = [sys.executable, str(REPO_ROOT / "train_net.py")]
+        if pretrain_argv is None:
+            log(f"{prefix}: no pretraining")
+        elif pretrain_done:
+            log(f"{prefix}: pretraining finished earlier")
+        else:
+            log(f"{prefix}: pretrain: {subprocess.list2cmdline(train + pretrain_argv)}")
+        log(f"{prefix}: fine-tune: {subprocess.list2cmdline(train + finetune_argv)}")
+        return None
+
+    timings = {}
+    if pretrain_argv is None:
+        log(f"{prefix}: no pretraining")
+    elif pretrain_done:
+        log(f"{prefix}: pretraining finished earlier")
+    else:
+        log(f"{prefix}: pretraining (log: {run / 'pretrain.log'})")
+        shutil.rmtree(run / "pretrain", ignore_errors=True)  # leftovers of an interrupted attempt
+        start = time.perf_counter()
+        runner(pretrain_argv, run / "pretrain.log", env)
+        timings["pretrain_s"] = round(time.perf_counter() - start, 3)
+        if not weights.is_file():
+            raise TrainingFailed(f"pretraining of {prefix} ended without writing {weights}")
+        _write_json_atomic(run / "pretrain_done.json", {"argv": pretrain_argv, **timings})
+    log(f"{prefix}: fine-tuning (log: {run / 'finetune.log'})")
+    shutil.rmtree(run / "finetune", ignore_errors=True)  # so that no earlier eval_results.json is read
+    start = time.perf_counter()
+    runner(finetune_argv, run / "finetune.log", env)
+    timings["finetune_s"] = round(time.perf_counter() - start, 3)
+    try:
+        bbox = read_bbox_results(run / "finetune", row.test_datasets)
+    except TrainingFailed as e:
+        raise TrainingFailed(f"fine-tuning of {prefix} (log: {run / 'finetune.log'}): {e}") from None
+    dataset = row.test_datasets[0]
+    result = {
+        **row.record, "seed": seed, "dataset": dataset, "bbox": bbox[dataset], "bbox_per_dataset": bbox,
+        "pretrain_argv": pretrain_argv, "finetune_argv": finetune_argv, "timings": timings,
+    }
+    _write_json_atomic(result_file, result)
+    log(f"{prefix}: {metric} = {bbox[dataset].get(metric)} on {dataset}")
+    return result
+
+
+def _run_rows(column: str, rows: Sequence[_Row], seeds: Sequence[int], out_dir, metric: str, num_gpus: int,
+              dry_run: bool, runner: Runner, env: Optional[Mapping[str, str]], log: Callable[[str], None],
+              extra: Optional[Mapping] = None) -> Optional[dict]:
+    """
+    Both modes' orchestration: every row x seed (``_run_one``), then the table of the first column
+    ``column`` (the key, or "method"). ``extra`` is added to table.json.
+    """
+    out = Path(out_dir).resolve()
+    launch = ["--num-gpus", str(num_gpus)] if num_gpus > 1 else []
+    total = len(rows) * len(seeds)
+    results = []
+    for i, (row, seed) in enumerate(((row, seed) for row in rows for seed in seeds), 1):
+        prefix = f"[{i}/{total}] {column}={row.label} seed={seed}"
+        result = _run_one(row, seed, out / row.folder / f"seed_{seed}", prefix, launch, metric, dry_run,
+                          runner, env, log)
+        if result is not None:
+            results.append(result)
+    if dry_run:
+        return None
+
+    summary = summarize(results, column, [row.label for row in rows], metric=metric)
+    summary["seeds"] = list(seeds)
+    summary.update(extra or {})
+    summary = _json_safe(summary)
+    table = format_ablation_table(summary)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(table + "\n", encoding="utf-8")
+    _write_json_atomic(out / "table.json", summary)
+    plot_ablation(summary, str(out / "plot.png"))
+    log(f"\nFine-tuned bbox AP on {rows[0].test_datasets[0]}, mean ± std over seeds:\n\n{table}\n")
+    log(f"Wrote {out / 'table.md'}, {out / 'table.json'}, {out / 'plot.png'}")
+    return summary
+
+
 def run_ablation(
     param: str,
     values: Sequence[str],
@@ -274,7 +546,7 @@ def run_ablation(
     log: Callable[[str], None] = print,
 ) -> Optional[dict]:
     """
-    Run (or resume) the ablation and write table.md, table.json and plot.png in ``out_dir``.
+    Run (or resume) the ablation of one config key and write table.md, table.json and plot.png in ``out_dir``.
 
     Args:
         param: the config key, e.g. "JOINDET.SMOOTH.MOMENTUM"; set in the pretraining runs.
@@ -295,7 +567,7 @@ def run_ablation(
 
     Raises:
         ValueError: bad arguments, or a configuration that yacs / JoinDet rejects (before any run).
-        TrainingFailed: a training process failed (finished runs keep their result.json).
+        TrainingFailed: a training failed (finished runs keep their result.json).
     """
     if not isinstance(param, str) or not param or param.strip() != param:
         raise ValueError(f"param must be a config key such as JOINDET.SMOOTH.MOMENTUM, got {param!r}")
@@ -309,102 +581,64 @@ def run_ablation(
     slugs = [_slug(v) for v in values]
     if len(set(slugs)) != len(slugs):
         raise ValueError(f"values {values} map to clashing run folder names {slugs}")
-    seeds = list(seeds)
-    if not seeds:
-        raise ValueError("seeds is empty: give at least one seed")
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0:
-            raise ValueError(f"seeds must be integers >= 0, got {seeds}")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct, got {seeds}")
-    if not isinstance(metric, str) or not (metric in _COCO_BBOX_METRICS or metric.startswith("AP-")):
-        raise ValueError(f"metric must be one of {_COCO_BBOX_METRICS} or 'AP-<class name>', got {metric!r}")
-    if isinstance(num_gpus, bool) or not isinstance(num_gpus, numbers.Integral) or num_gpus < 1:
-        raise ValueError(f"num_gpus must be an integer >= 1, got {num_gpus!r}")
-    pretrain_opts = _check_opts("pretrain_opts", pretrain_opts, param)
-    finetune_opts = _check_opts("finetune_opts", finetune_opts, param)
-    pretrain_cfg_file = _resolve_config(pretrain_config)
-    finetune_cfg_file = _resolve_config(finetune_config)
-    texts, test_datasets = _check_configs(param, values, pretrain_cfg_file, finetune_cfg_file,
-                                          pretrain_opts, finetune_opts)
-    out = Path(out_dir).resolve()
-    launch = ["--num-gpus", str(num_gpus)] if num_gpus > 1 else []
+    seeds = _check_run_args(seeds, metric, num_gpus)
+    pretrain_opts = _check_opts("pretrain_opts", pretrain_opts, (*_RESERVED_KEYS, param))
+    finetune_opts = _check_opts("finetune_opts", finetune_opts, (*_RESERVED_KEYS, param))
+    rows = _param_rows(param, values, _resolve_config(pretrain_config), _resolve_config(finetune_config),
+                       pretrain_opts, finetune_opts)
+    return _run_rows(param, rows, seeds, out_dir, metric, num_gpus, dry_run, runner, env, log)
 
-    results = []
-    total = len(values) * len(seeds)
-    n = 0
-    for value, text, slug in zip(values, texts, slugs):
-        for seed in seeds:
-            n += 1
-            run = out / f"value_{slug}" / f"seed_{seed}"
-            weights = run / "pretrain" / "model_final.pth"
-            pretrain_argv = ["--config-file", str(pretrain_cfg_file), *launch, *pretrain_opts, param, text,
-                             "SEED", str(seed), "OUTPUT_DIR", str(run / "pretrain")]
-            finetune_argv = ["--config-file", str(finetune_cfg_file), *launch, *finetune_opts,
-                             "MODEL.WEIGHTS", str(weights), "SEED", str(seed), "OUTPUT_DIR", str(run / "finetune")]
-            result_file = run / "result.json"
-            prefix = f"[{n}/{total}] {param}={value} seed={seed}"
-            if result_file.is_file():
-                log(f"{prefix}: finished earlier ({result_file}), skipped")
-                if not dry_run:
-                    results.append(json.loads(result_file.read_text(encoding="utf-8")))
-                continue
-            pretrain_done = (run / "pretrain_done.json").is_file() and weights.is_file()
-            if dry_run:
-                train = [sys.executable, str(REPO_ROOT / "train_net.py")]
-                if pretrain_done:
-                    log(f"{prefix}: pretraining finished earlier")
-                else:
-                    log(f"{prefix}: pretrain: {subprocess.list2cmdline(train + pretrain_argv)}")
-                log(f"{prefix}: fine-tune: {subprocess.list2cmdline(train + finetune_argv)}")
-                continue
 
-            timings = {}
-            if pretrain_done:
-                log(f"{prefix}: pretraining finished earlier, fine-tuning")
-            else:
-                log(f"{prefix}: pretraining (log: {run / 'pretrain.log'})")
-                shutil.rmtree(run / "pretrain", ignore_errors=True)  # leftovers of an interrupted attempt
-                start = time.perf_counter()
-                runner(pretrain_argv, run / "pretrain.log", env)
-                timings["pretrain_s"] = round(time.perf_counter() - start, 3)
-                if not weights.is_file():
-                    raise TrainingFailed(f"pretraining of {prefix} ended without writing {weights}")
-                _write_json_atomic(run / "pretrain_done.json", {"argv": pretrain_argv, **timings})
-            log(f"{prefix}: fine-tuning (log: {run / 'finetune.log'})")
-            shutil.rmtree(run / "finetune", ignore_errors=True)
-            start = time.perf_counter()
-            output = runner(finetune_argv, run / "finetune.log", env)
-            timings["finetune_s"] = round(time.perf_counter() - start, 3)
-            evaluated = parse_copypaste(output)
-            bbox = {name: evaluated[name]["bbox"] for name in test_datasets if "bbox" in evaluated.get(name, {})}
-            if test_datasets[0] not in bbox:
-                raise TrainingFailed(
-                    f"fine-tuning of {prefix} logged no bbox results for {test_datasets[0]} "
-                    f"(no 'Evaluation results for {test_datasets[0]} in csv format:' block in {run / 'finetune.log'})"
-                )
-            result = {
-                "param": param, "value": value, "value_text": text, "seed": seed,
-                "dataset": test_datasets[0], "bbox": bbox[test_datasets[0]], "bbox_per_dataset": bbox,
-                "pretrain_argv": pretrain_argv, "finetune_argv": finetune_argv, "timings": timings,
-            }
-            _write_json_atomic(result_file, result)
-            log(f"{prefix}: {metric} = {bbox[test_datasets[0]].get(metric)} on {test_datasets[0]}")
-            results.append(result)
-    if dry_run:
-        return None
+def run_comparison(
+    methods: Union[str, Path, Sequence[Mapping]],
+    seeds: Sequence[int],
+    finetune_config: Optional[str],
+    out_dir: str,
+    pretrain_opts: Sequence[str] = (),
+    finetune_opts: Sequence[str] = (),
+    metric: str = "AP",
+    num_gpus: int = 1,
+    dry_run: bool = False,
+    runner: Runner = run_training,
+    env: Optional[Mapping[str, str]] = None,
+    log: Callable[[str], None] = print,
+) -> Optional[dict]:
+    """
+    Run (or resume) a comparison of methods (one table row each: a pretraining configuration, or no
+    pretraining) and write table.md, table.json and plot.png in ``out_dir``. Same runs, resumption
+    and outputs as ``run_ablation``, with "method" as the first column.
 
-    summary = summarize(results, param, values, metric=metric)
-    summary["seeds"] = seeds
-    summary = _json_safe(summary)
-    table = format_ablation_table(summary)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(table + "\n", encoding="utf-8")
-    _write_json_atomic(out / "table.json", summary)
-    plot_ablation(summary, str(out / "plot.png"))
-    log(f"\nFine-tuned bbox AP on {test_datasets[0]}, mean ± std over seeds:\n\n{table}\n")
-    log(f"Wrote {out / 'table.md'}, {out / 'table.json'}, {out / 'plot.png'}")
-    return summary
+    Args:
+        methods: a methods YAML file (see ``load_methods``), or its content: mappings with the keys
+            of ``METHOD_KEYS``, in table order.
+        seeds: the seeds (``SEED``) of both trainings of a run (distinct integers).
+        finetune_config: the fine-tuning config of the methods that name none (None: every method must).
+        out_dir: the comparison folder (runs in ``method_<name>/seed_<seed>/``).
+        pretrain_opts: KEY VALUE overrides of every pretraining, before each method's pretrain_opts.
+        finetune_opts: KEY VALUE overrides of every fine-tuning, before each method's finetune_opts.
+        metric, num_gpus, dry_run, runner, env, log: as in ``run_ablation``.
+
+    Returns:
+        the summary written to table.json (``summarize``'s, param "method", plus "seeds" and the
+        resolved "methods"), or None for a dry run.
+
+    Raises:
+        ValueError: a bad methods file or argument, or a configuration that yacs / JoinDet rejects
+            (before any run; the message names the method).
+        TrainingFailed: a training failed (finished runs keep their result.json).
+    """
+    if isinstance(methods, (str, os.PathLike)):
+        source, methods = f"methods file {methods}", load_methods(methods)
+    else:
+        source, methods = "methods", list(methods)
+        if not methods:
+            raise ValueError("methods is empty: give at least one method")
+    seeds = _check_run_args(seeds, metric, num_gpus)
+    pretrain_opts = _check_opts("pretrain_opts", pretrain_opts, _RESERVED_KEYS)
+    finetune_opts = _check_opts("finetune_opts", finetune_opts, _RESERVED_KEYS)
+    rows = _method_rows(methods, source, finetune_config, pretrain_opts, finetune_opts)
+    return _run_rows("method", rows, seeds, out_dir, metric, num_gpus, dry_run, runner, env, log,
+                     extra={"methods": [row.record["method"] for row in rows]})
 
 
 def _mean_std(xs: Sequence[Optional[float]]) -> Dict[str, Optional[float]]:
@@ -416,12 +650,13 @@ def _mean_std(xs: Sequence[Optional[float]]) -> Dict[str, Optional[float]]:
 
 def summarize(results: Sequence[Mapping], param: str, values: Sequence[str], metric: str = "AP") -> dict:
     """
-    Aggregate finished runs per value.
+    Aggregate finished runs per row (a value of the ablated key, or a method).
 
     Args:
-        results: result.json contents, each with "value", "seed" and "bbox" ({metric: float}).
-        param: the ablated key.
-        values: the values in table order (each must have at least one result).
+        results: result.json contents, each with "value" (the row: the key's value, or the method's
+            name), "seed" and "bbox" ({metric: float}).
+        param: the first column's heading: the ablated key, or "method".
+        values: the rows in table order (each must have at least one result).
         metric: the metric of the plot; must be in every result's bbox dict.
 
     Returns:
@@ -456,7 +691,8 @@ def _cell(stat: Mapping[str, Optional[float]]) -> str:
 
 
 def format_ablation_table(summary: Mapping) -> str:
-    """A Markdown table of ``summarize``'s output: the value, then mean ± std of AP, AP50, AP75, then n."""
+    """A Markdown table of ``summarize``'s output: the value (or method), then mean ± std of AP, AP50,
+    AP75, then n."""
     from tabulate import tabulate
 
     rows = [[r["value"], *(_cell(r[m]) for m in TABLE_METRICS), str(r["n"])] for r in summary["rows"]]
@@ -476,8 +712,9 @@ def _as_number(text: str) -> Optional[float]:
 
 def plot_ablation(summary: Mapping, path: str) -> str:
     """
-    ``summary["metric"]`` against the value, mean with sample-std error bars, as PNG (matplotlib's
-    Agg canvas). The x axis is numeric when every value is a number, else categorical in table order.
+    ``summary["metric"]`` against the value (or method), mean with sample-std error bars, as PNG
+    (matplotlib's Agg canvas). The x axis is numeric when every value is a number, else categorical in
+    table order (method names always are).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -514,20 +751,25 @@ def plot_ablation(summary: Mapping, path: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m joindet.tools.ablation",
-        description="Pretrain + fine-tune for each value of one config key and each seed; tabulate the AP.",
+        description="Pretrain + fine-tune for each value of one config key (--param) or each method "
+                    "(--methods), and each seed; tabulate the fine-tuned AP.",
     )
-    parser.add_argument("--param", required=True,
-                        help="config key set in the pretraining runs, e.g. JOINDET.SMOOTH.MOMENTUM")
-    parser.add_argument("--values", nargs="+", required=True, help="its values (yacs text, e.g. 0 0.2 0.45 0.7)")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--param", help="config key set in the pretraining runs, e.g. JOINDET.SMOOTH.MOMENTUM")
+    mode.add_argument("--methods", metavar="FILE",
+                      help="YAML list of methods to compare (name, pretrain_config or null, pretrain_opts, "
+                           "finetune_config, finetune_opts), e.g. configs/mini/compare_methods.yaml")
+    parser.add_argument("--values", nargs="+", help="with --param: its values (yacs text, e.g. 0 0.2 0.45 0.7)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default 0 1 2)")
-    parser.add_argument("--pretrain-config", required=True, help="yacs pretraining config")
-    parser.add_argument("--finetune-config", required=True,
-                        help="yacs fine-tuning config (its first DATASETS.TEST entry scores the runs)")
-    parser.add_argument("--out-dir", required=True, help="the ablation folder (resumable)")
+    parser.add_argument("--pretrain-config", help="with --param: the yacs pretraining config")
+    parser.add_argument("--finetune-config",
+                        help="yacs fine-tuning config (its first DATASETS.TEST entry scores the runs); with "
+                             "--methods, that of the methods that name none")
+    parser.add_argument("--out-dir", required=True, help="the ablation / comparison folder (resumable)")
     parser.add_argument("--pretrain-opts", nargs="*", default=[], metavar="KEY VALUE",
-                        help="extra pretraining overrides")
+                        help="extra overrides of every pretraining")
     parser.add_argument("--finetune-opts", nargs="*", default=[], metavar="KEY VALUE",
-                        help="extra fine-tuning overrides")
+                        help="extra overrides of every fine-tuning")
     parser.add_argument("--metric", default="AP", help="bbox metric of the plot (default AP)")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per training (train_net.py --num-gpus)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -538,12 +780,23 @@ def main(argv: Optional[Sequence[str]] = None, runner: Runner = run_training,
          env: Optional[Mapping[str, str]] = None) -> Optional[dict]:
     parser = build_parser()
     args = parser.parse_args(argv)
+    common = dict(pretrain_opts=args.pretrain_opts, finetune_opts=args.finetune_opts, metric=args.metric,
+                  num_gpus=args.num_gpus, dry_run=args.dry_run, runner=runner, env=env)
+    if args.methods is not None:
+        if args.values is not None:
+            parser.error("--values belongs to --param; a comparison's rows are the methods of --methods")
+        if args.pretrain_config is not None:
+            parser.error("--pretrain-config is not used with --methods: each method names its pretrain_config")
+    else:
+        missing = [flag for flag, given in (("--values", args.values), ("--pretrain-config", args.pretrain_config),
+                                            ("--finetune-config", args.finetune_config)) if given is None]
+        if missing:
+            parser.error(f"--param needs {' and '.join(missing)}")
     try:
-        return run_ablation(
-            args.param, args.values, args.seeds, args.pretrain_config, args.finetune_config, args.out_dir,
-            pretrain_opts=args.pretrain_opts, finetune_opts=args.finetune_opts, metric=args.metric,
-            num_gpus=args.num_gpus, dry_run=args.dry_run, runner=runner, env=env,
-        )
+        if args.methods is not None:
+            return run_comparison(args.methods, args.seeds, args.finetune_config, args.out_dir, **common)
+        return run_ablation(args.param, args.values, args.seeds, args.pretrain_config, args.finetune_config,
+                            args.out_dir, **common)
     except ValueError as e:
         parser.error(str(e))
     except TrainingFailed as e:
