@@ -1,10 +1,15 @@
-"""Checkpoint loading with JoinDet's rules: pretraining heads dropped at fine-tuning, and a clear error
-when a checkpoint does not fit the model."""
+"""Checkpoint loading with JoinDet's rules: no code in a weights file runs, pretraining heads are dropped
+at fine-tuning, and a clear error when a checkpoint does not fit the model."""
 import logging
+import os
+
+import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .modeling.joindet import PRETRAIN_ONLY_PREFIXES
+from .utils.atomic import atomic_write
+from .utils.safe_pickle import load_pickle, load_torch
 
 __all__ = ["JoinDetCheckpointer", "classify_checkpoint_keys"]
 
@@ -56,8 +61,27 @@ def classify_checkpoint_keys(checkpoint_state, model_state, is_pretrain_model):
             "unexpected": unexpected, "mismatched": mismatched}
 
 
+def _model_zoo_checkpoint(data, path):
+    """The checkpoint dict of a ``.pkl`` file's contents, as Detectron2's ``DetectionCheckpointer._load_file``
+    builds it: a Detectron2 model-zoo file (``model`` and ``__author__``) as it is, otherwise a Caffe2 /
+    Detectron1 file whose arrays (under ``blobs`` for detection models) are matched by name heuristics."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}, not a Detectron2 model-zoo dict")
+    if "model" in data and "__author__" in data:
+        logger.info("Reading a file from '%s'", data["__author__"])
+        return data
+    blobs = data.get("blobs", data)  # detection models have "blobs", ImageNet models do not
+    weights = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
+    return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
+
+
 class JoinDetCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` that, when loading weights into a model:
+    """``DetectionCheckpointer`` that reads every file without running code in it: ``.pkl`` (model zoo)
+    through :func:`joindet.utils.safe_pickle.load_pickle` (numpy arrays and plain containers only),
+    everything else (``.pth``, pycls ``.pyth``) with ``torch.load(weights_only=True)``. That covers
+    ``MODEL.WEIGHTS``, ``--resume`` (``resume_or_load`` -> ``load`` -> ``_load_file``) and
+    ``--eval-only``; a refused file raises :class:`~joindet.utils.safe_pickle.UnsafePickleError` naming
+    the file and the refused global. Then, when loading weights into a model, it:
 
     - drops the objectness head and the embedding head of a JoinDet pretraining checkpoint loaded into a
       supervised detector (the classification layer is then new, sized for the dataset's classes);
@@ -70,6 +94,44 @@ class JoinDetCheckpointer(DetectionCheckpointer):
     def __init__(self, model, save_dir="", *, strict=True, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.strict = strict
+
+    def _load_file(self, filename):
+        """Detectron2's ``_load_file`` with its two ``pickle.load`` / default ``torch.load`` reads replaced by
+        the safe ones (``.pth`` goes through Detectron2's own path, which reads with :meth:`_torch_load`)."""
+        if filename.endswith(".pkl"):
+            return _model_zoo_checkpoint(load_pickle(filename), filename)
+        if filename.endswith(".pyth"):  # pycls
+            data = load_torch(filename)
+            if not isinstance(data, dict) or "model_state" not in data:
+                raise ValueError(f"Cannot load .pyth file {filename}; pycls checkpoints must contain 'model_state'.")
+            state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+            return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+        return super()._load_file(filename)
+
+    def _torch_load(self, f):
+        return load_torch(f)
+
+    def save(self, name, **kwargs):
+        """fvcore's ``Checkpointer.save`` (the model, every checkpointable's state and ``kwargs`` into
+        ``<save_dir>/<name>.pth``, then ``last_checkpoint`` names it), with both files written atomically
+        (:func:`joindet.utils.atomic.atomic_write`): a crash or a full disk mid-save leaves the previous
+        checkpoint and ``last_checkpoint`` as they were, and the error names the file."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", save_file)
+        with atomic_write(save_file) as f:
+            torch.save(data, f)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename):
+        with atomic_write(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
+            f.write(last_filename_basename)
 
     def _load_model(self, checkpoint):
         state = checkpoint.get("model")

@@ -1,14 +1,171 @@
 """Every config key JoinDet adds to Detectron2's defaults, in one place.
 
-``add_joindet_config(cfg)`` adds the keys (each with a one-line comment); ``validate_config(cfg)``
-checks their ranges at start-up; ``resolve_epochs(cfg, num_images)`` is the single place where
-epoch-based schedules become iteration counts (after all overrides are merged).
+``add_joindet_config(cfg)`` adds the keys (each with a one-line comment); ``CONFIG_RULES``, right below
+it, declares once what each key may hold (type and range, or the registry its name must be in);
+``validate_config(cfg)`` applies every rule and the checks that involve several keys at start-up;
+``resolve_epochs(cfg, num_images)`` is the single place where epoch-based schedules become iteration
+counts (after all overrides are merged). The LazyConfig route checks its ``joindet`` section with the
+same rules (``check_config_value``, used by ``joindet.engine.lazy.check_joindet_section``).
+
+Unknown keys need no rule: yacs refuses them when a YAML file ("Non-existent config key", a KeyError)
+or a command line ("Non-existent key") is merged, and a value of another type than the default's
+("Type mismatch"). The rules catch what a merge lets through: bad ranges and choices, and values that
+code assigns directly.
 """
+import functools
+import importlib
 import math
+import numbers
+import re
+from collections.abc import Sequence
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_joindet_config", "validate_config", "resolve_epochs"]
+__all__ = [
+    "add_joindet_config",
+    "CONFIG_RULES",
+    "check_config_value",
+    "validate_config",
+    "resolve_epochs",
+    "Rule",
+    "Integer",
+    "Number",
+    "Flag",
+    "Text",
+    "OneOf",
+    "Registered",
+    "ListOf",
+]
+
+
+# ---------------------------------------------------------------------------------------- rule kinds
+class Rule:
+    """What a config key may hold. Each kind below defines ``accepts(value)`` (is the value allowed?) and
+    ``allowed``, what is allowed in words, for the error message ``"<key> must be <allowed>, got <value>"``."""
+
+    allowed = ""
+
+    def error(self, key, value):
+        return f"{key} must be {self.allowed}, got {value!r}"
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _range_words(lower, lower_open, upper, upper_open):
+    """A range in words: "in [0, 1)", ">= 1", "> 0", "<= 5" ("" without bounds)."""
+    if lower is not None and upper is not None:
+        return f"in {'(' if lower_open else '['}{lower:g}, {upper:g}{')' if upper_open else ']'}"
+    if lower is not None:
+        return f"{'>' if lower_open else '>='} {lower:g}"
+    if upper is not None:
+        return f"{'<' if upper_open else '<='} {upper:g}"
+    return ""
+
+
+def _in_range(value, lower, lower_open, upper, upper_open):
+    if lower is not None and not (value > lower if lower_open else value >= lower):
+        return False
+    return upper is None or (value < upper if upper_open else value <= upper)
+
+
+class Number(Rule):
+    """A real number (an int or a float, not a bool) within the given bounds: ``ge`` / ``gt`` (lower,
+    closed / open), ``le`` / ``lt`` (upper). E.g. ``Number(ge=0, lt=1)`` allows [0, 1)."""
+
+    kind = "a number"
+
+    def __init__(self, *, ge=None, gt=None, le=None, lt=None):
+        self.bounds = (gt if gt is not None else ge, gt is not None, lt if lt is not None else le, lt is not None)
+        words = _range_words(*self.bounds)
+        self.allowed = f"{words} ({self.kind})" if words else self.kind
+
+    def accepts(self, value):
+        return self._has_type(value) and _in_range(value, *self.bounds)
+
+    def _has_type(self, value):
+        return _is_number(value)
+
+
+class Integer(Number):
+    """An integer (not a bool) within the given bounds, e.g. ``Integer(ge=1)``."""
+
+    kind = "an integer"
+
+    def _has_type(self, value):
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+class Flag(Rule):
+    """True or False."""
+
+    allowed = "True or False"
+
+    def accepts(self, value):
+        return isinstance(value, bool)
+
+
+class Text(Rule):
+    """A string; ``nonempty`` refuses ""; ``pattern`` (a regular expression the whole string must match)
+    comes with ``form``, its description for the message."""
+
+    def __init__(self, *, nonempty=False, pattern=None, form=None):
+        self.nonempty, self.pattern = nonempty, pattern
+        self.allowed = f"a string of the form {form}" if pattern else ("a non-empty string" if nonempty else "a string")
+
+    def accepts(self, value):
+        return (isinstance(value, str) and (bool(value) or not self.nonempty)
+                and (self.pattern is None or re.fullmatch(self.pattern, value) is not None))
+
+
+class OneOf(Rule):
+    """One of a fixed set of strings (compared upper-cased with ``ignore_case``)."""
+
+    def __init__(self, *options, ignore_case=False):
+        self.options, self.ignore_case = options, ignore_case
+        self.allowed = "one of " + ", ".join(repr(o) for o in options) + (" (in any case)" if ignore_case else "")
+
+    def accepts(self, value):
+        return isinstance(value, str) and (value.upper() if self.ignore_case else value) in self.options
+
+
+class Registered(Rule):
+    """The name of an entry of a Detectron2 ``Registry``: ``registry`` in ``module``, imported when a value is
+    checked (importing ``joindet.priors`` here would be an import cycle, and it is the import that fills
+    the registry). ``what`` names an entry ("prior source") in the message."""
+
+    def __init__(self, module, registry, what):
+        self.module, self.registry, self.what = module, registry, what
+
+    def names(self):
+        return sorted(name for name, _ in getattr(importlib.import_module(self.module), self.registry))
+
+    @property
+    def allowed(self):
+        return f"a registered {self.what}: " + ", ".join(repr(n) for n in self.names())
+
+    def accepts(self, value):
+        return isinstance(value, str) and value in self.names()
+
+    def error(self, key, value):
+        return f"{key}: unknown {self.what} {value!r}; must be {self.allowed}"
+
+
+class ListOf(Rule):
+    """A list or tuple of at least ``min_len`` items, each accepted by the rule ``item``."""
+
+    def __init__(self, item, *, min_len=0):
+        self.item, self.min_len = item, min_len
+        size = f"a list of at least {min_len} item{'s' if min_len > 1 else ''}" if min_len else "a list"
+        self.allowed = f"{size}, each {item.allowed}"
+
+    def accepts(self, value):
+        return (isinstance(value, Sequence) and not isinstance(value, str) and len(value) >= self.min_len
+                and all(self.item.accepts(v) for v in value))
+
+
+_FEATURE_NAME = OneOf("res1", "res2", "res3", "res4", "res5", "res6")  # backbone outputs, named by stride 2^i
 
 
 def add_joindet_config(cfg):
@@ -114,64 +271,134 @@ def add_joindet_config(cfg):
     return cfg
 
 
+# What each key may hold: every key add_joindet_config adds has a rule here (tests/test_config_validation.py
+# checks it), plus the two Detectron2 keys that JoinDet's schedule arithmetic divides by or scales.
+CONFIG_RULES = {
+    # ------------------------------------------------------------ Deformable DETR
+    "MODEL.DEFORMABLE_DETR.NUM_CLASSES": Integer(ge=1),
+    "MODEL.DEFORMABLE_DETR.IN_FEATURES": ListOf(_FEATURE_NAME, min_len=1),
+    "MODEL.DEFORMABLE_DETR.NUM_FEATURE_LEVELS": Integer(ge=1),
+    "MODEL.DEFORMABLE_DETR.HIDDEN_DIM": Integer(ge=1),  # and a multiple of NHEADS and of 32: validate_config
+    "MODEL.DEFORMABLE_DETR.NHEADS": Integer(ge=1),
+    "MODEL.DEFORMABLE_DETR.ENC_LAYERS": Integer(ge=0),
+    "MODEL.DEFORMABLE_DETR.DEC_LAYERS": Integer(ge=1),
+    "MODEL.DEFORMABLE_DETR.DIM_FEEDFORWARD": Integer(ge=1),
+    "MODEL.DEFORMABLE_DETR.DROPOUT": Number(ge=0, lt=1),
+    "MODEL.DEFORMABLE_DETR.ENC_N_POINTS": Integer(ge=1),
+    "MODEL.DEFORMABLE_DETR.DEC_N_POINTS": Integer(ge=1),
+    "MODEL.DEFORMABLE_DETR.NUM_QUERIES": Integer(ge=1),
+    "MODEL.DEFORMABLE_DETR.WITH_BOX_REFINE": Flag(),
+    "MODEL.DEFORMABLE_DETR.TWO_STAGE": Flag(),  # needs WITH_BOX_REFINE: validate_config
+    "MODEL.DEFORMABLE_DETR.DEEP_SUPERVISION": Flag(),
+    "MODEL.DEFORMABLE_DETR.CLASS_WEIGHT": Number(ge=0),
+    "MODEL.DEFORMABLE_DETR.L1_WEIGHT": Number(ge=0),
+    "MODEL.DEFORMABLE_DETR.GIOU_WEIGHT": Number(ge=0),
+    "MODEL.DEFORMABLE_DETR.COST_CLASS": Number(ge=0),
+    "MODEL.DEFORMABLE_DETR.COST_BBOX": Number(ge=0),
+    "MODEL.DEFORMABLE_DETR.COST_GIOU": Number(ge=0),
+    "MODEL.DEFORMABLE_DETR.FOCAL_ALPHA": Number(ge=0, le=1),
+    "MODEL.DEFORMABLE_DETR.FOCAL_GAMMA": Number(ge=0),
+    "MODEL.DEFORMABLE_DETR.NUM_DETECTIONS": Integer(ge=1),
+    "MODEL.DEFORMABLE_DETR.SIZE_DIVISIBILITY": Integer(ge=0),  # 0 = no padding to a multiple
+    # ------------------------------------------------------------ timm backbones
+    "MODEL.TIMM.NAME": Text(nonempty=True),
+    "MODEL.TIMM.OUT_FEATURES": ListOf(_FEATURE_NAME, min_len=1),
+    "MODEL.TIMM.WEIGHTS": Text(),  # exclusive with PRETRAINED: validate_config
+    "MODEL.TIMM.PRETRAINED": Flag(),
+    "MODEL.TIMM.FREEZE": Flag(),
+    "MODEL.WEIGHTS_NON_STRICT": Flag(),
+    # ------------------------------------------------------------ solver
+    "SOLVER.OPTIMIZER": OneOf("ADAMW", "SGD", ignore_case=True),
+    "SOLVER.BACKBONE_MULTIPLIER": Number(ge=0),
+    "SOLVER.LINEAR_PROJ_MULTIPLIER": Number(ge=0),
+    "SOLVER.EPOCHS": Number(ge=0),
+    "SOLVER.STEP_EPOCHS": ListOf(Number(ge=0)),
+    "SOLVER.IMS_PER_BATCH": Integer(ge=1),  # Detectron2's: iterations per epoch divide by it
+    "SOLVER.BASE_LR": Number(gt=0),  # Detectron2's
+    # ------------------------------------------------------------ JoinDet pretraining
+    "JOINDET.EMBED_DIM": Integer(ge=1),
+    "JOINDET.EMBED_LOSS_WEIGHT": Number(ge=0),
+    "JOINDET.EMBED_CROP_SIZE": Integer(ge=16),
+    "JOINDET.EMBED_ENCODER": OneOf("backbone", "frozen_copy"),
+    "JOINDET.PRIORS.BANK_DIR": Text(),
+    "JOINDET.PRIORS.INIT_SOURCE": Registered("joindet.priors", "PRIOR_SOURCE_REGISTRY", "prior source"),
+    "JOINDET.PRIORS.TOPK": Integer(ge=1),
+    "JOINDET.PRIORS.MIN_SIDE": Integer(ge=1),
+    "JOINDET.PRIORS.NUM_WORKERS": Integer(ge=0),  # 0 = in the training process
+    "JOINDET.PRIORS.SEED": Integer(ge=0),
+    "JOINDET.PRIORS.EVAL_DATASET": Text(),  # a registered dataset: checked once the datasets are registered
+    "JOINDET.NCUT.TAU": Number(ge=-1, le=1),  # a cosine
+    "JOINDET.NCUT.EPS": Number(gt=0),
+    "JOINDET.NCUT.CENTER": Flag(),
+    "JOINDET.NCUT.NUM_ROUNDS": Integer(ge=1),
+    "JOINDET.NCUT.NMS_THRESH": Number(gt=0, le=1),
+    "JOINDET.NCUT.FEATURE_LEVEL": Integer(),  # an index into the encoder levels; negative counts from the end
+    "JOINDET.NCUT.BACKBONE_FEATURE": _FEATURE_NAME,
+    "JOINDET.NCUT.COLOR_PATCH": Integer(ge=1),
+    "JOINDET.NCUT.COLOR_TAU": Number(ge=-1, le=1),  # a cosine
+    "JOINDET.NCUT.SOLVER": OneOf("lanczos", "dense"),
+    "JOINDET.NCUT.BATCH_SIZE": Integer(ge=1),
+    "JOINDET.SMOOTH.MOMENTUM": Number(ge=0, le=1),  # m_s
+    "JOINDET.SMOOTH.IOU_THRESHOLD": Number(gt=0, lt=1),
+    "JOINDET.REFRESH.GENERATOR": Registered("joindet.priors.refresh", "REFRESH_GENERATOR_REGISTRY", "refresh generator"),
+    "JOINDET.REFRESH.NMS_THRESH": Number(gt=0, le=1),
+    "JOINDET.UPDATE_PERIOD": Number(ge=0),  # 0 = never
+    "JOINDET.UPDATE_PERIOD_ITERS": Integer(ge=0),  # 0 = from UPDATE_PERIOD (or fixed priors)
+    "JOINDET.LSJ.IMAGE_SIZE": Integer(ge=1),
+    "JOINDET.LSJ.MIN_SCALE": Number(gt=0),  # <= MAX_SCALE: validate_config
+    "JOINDET.LSJ.MAX_SCALE": Number(gt=0),
+    "JOINDET.LSJ.MIN_BOX_SIZE": Number(ge=0),
+    # ------------------------------------------------------------ datasets
+    "DATASETS.IMAGE_FOLDERS": ListOf(Text(pattern=r"[^=]+=.+", form="'name=path'")),
+    "DATASETS.TRANSFER_DIR": Text(),
+    "DATASETS.SYNTHETIC.ROOT": Text(),
+    "DATASETS.SYNTHETIC.NUM_TRAIN": Integer(ge=1),
+    "DATASETS.SYNTHETIC.NUM_VAL": Integer(ge=1),
+    "DATASETS.SYNTHETIC.IMAGE_SIZE": Integer(ge=32),
+    "DATASETS.SYNTHETIC.SEED": Integer(ge=0),
+}
+
+
+def check_config_value(key, value, shown_as=None):
+    """Raise ``ValueError`` unless ``value`` is allowed for ``key`` (a key of :data:`CONFIG_RULES`). The
+    message names the key (as ``shown_as`` when given, e.g. a LazyConfig's ``joindet.ncut.tau``), the
+    value and what is allowed."""
+    rule = CONFIG_RULES[key]
+    if not rule.accepts(value):
+        raise ValueError(rule.error(shown_as or key, value))
+
+
 def _check(ok, message):
     if not ok:
         raise ValueError(f"Invalid config: {message}")
 
 
 def validate_config(cfg):
-    """Raise ``ValueError`` naming the key when a JoinDet value is out of range."""
+    """Raise ``ValueError`` naming the key, the value and what is allowed when a value breaks its rule
+    in :data:`CONFIG_RULES`, or when keys disagree with each other (e.g. HIDDEN_DIM not divisible by
+    NHEADS). Called at start-up, after every override is merged."""
+    for key, rule in CONFIG_RULES.items():
+        value = functools.reduce(lambda node, name: node[name], key.split("."), cfg)
+        _check(rule.accepts(value), rule.error(key, value))
     d = cfg.MODEL.DEFORMABLE_DETR
-    for key in ("NUM_CLASSES", "NUM_QUERIES", "HIDDEN_DIM", "NHEADS", "DIM_FEEDFORWARD",
-                "NUM_FEATURE_LEVELS", "ENC_N_POINTS", "DEC_N_POINTS", "NUM_DETECTIONS"):
-        _check(int(d[key]) >= 1, f"MODEL.DEFORMABLE_DETR.{key} must be >= 1, got {d[key]}")
-    _check(d.ENC_LAYERS >= 0, f"MODEL.DEFORMABLE_DETR.ENC_LAYERS must be >= 0, got {d.ENC_LAYERS}")
-    _check(d.DEC_LAYERS >= 1, f"MODEL.DEFORMABLE_DETR.DEC_LAYERS must be >= 1, got {d.DEC_LAYERS}")
     _check(d.HIDDEN_DIM % d.NHEADS == 0,
            f"MODEL.DEFORMABLE_DETR.HIDDEN_DIM ({d.HIDDEN_DIM}) must be divisible by NHEADS ({d.NHEADS})")
     _check(d.HIDDEN_DIM % 32 == 0,
            f"MODEL.DEFORMABLE_DETR.HIDDEN_DIM ({d.HIDDEN_DIM}) must be a multiple of 32 (GroupNorm(32))")
-    _check(len(d.IN_FEATURES) >= 1, "MODEL.DEFORMABLE_DETR.IN_FEATURES is empty")
     _check(d.NUM_FEATURE_LEVELS >= len(d.IN_FEATURES),
            f"MODEL.DEFORMABLE_DETR.NUM_FEATURE_LEVELS ({d.NUM_FEATURE_LEVELS}) must be >= "
            f"len(IN_FEATURES) ({len(d.IN_FEATURES)})")
     _check(d.WITH_BOX_REFINE or not d.TWO_STAGE,
            "MODEL.DEFORMABLE_DETR.TWO_STAGE needs MODEL.DEFORMABLE_DETR.WITH_BOX_REFINE True")
-    _check(0.0 <= d.DROPOUT < 1.0, f"MODEL.DEFORMABLE_DETR.DROPOUT must be in [0, 1), got {d.DROPOUT}")
-    _check(0.0 <= d.FOCAL_ALPHA <= 1.0, f"MODEL.DEFORMABLE_DETR.FOCAL_ALPHA must be in [0, 1], got {d.FOCAL_ALPHA}")
     t = cfg.MODEL.TIMM
-    _check(len(t.OUT_FEATURES) >= 1 and all(f in ("res1", "res2", "res3", "res4", "res5", "res6") for f in t.OUT_FEATURES),
-           f"MODEL.TIMM.OUT_FEATURES must be a non-empty list of res1..res6, got {list(t.OUT_FEATURES)}")
     _check(not (t.WEIGHTS and t.PRETRAINED), "MODEL.TIMM.WEIGHTS and MODEL.TIMM.PRETRAINED are exclusive")
-    _check(cfg.SOLVER.OPTIMIZER.upper() in ("ADAMW", "SGD"),
-           f"SOLVER.OPTIMIZER must be ADAMW or SGD, got {cfg.SOLVER.OPTIMIZER!r}")
-    _check(cfg.SOLVER.EPOCHS >= 0, f"SOLVER.EPOCHS must be >= 0, got {cfg.SOLVER.EPOCHS}")
-    _check(cfg.SOLVER.IMS_PER_BATCH >= 1, f"SOLVER.IMS_PER_BATCH must be >= 1, got {cfg.SOLVER.IMS_PER_BATCH}")
-    _check(cfg.SOLVER.BASE_LR > 0, f"SOLVER.BASE_LR must be > 0, got {cfg.SOLVER.BASE_LR}")
-    j = cfg.JOINDET
-    _check(0.0 <= j.SMOOTH.MOMENTUM <= 1.0, f"JOINDET.SMOOTH.MOMENTUM (m_s) must be in [0, 1], got {j.SMOOTH.MOMENTUM}")
-    _check(0.0 < j.SMOOTH.IOU_THRESHOLD < 1.0,
-           f"JOINDET.SMOOTH.IOU_THRESHOLD must be in (0, 1), got {j.SMOOTH.IOU_THRESHOLD}")
-    _check(-1.0 <= j.NCUT.TAU <= 1.0, f"JOINDET.NCUT.TAU must be in [-1, 1] (a cosine), got {j.NCUT.TAU}")
-    _check(j.NCUT.EPS > 0, f"JOINDET.NCUT.EPS must be > 0, got {j.NCUT.EPS}")
-    _check(j.NCUT.SOLVER in ("lanczos", "dense"), f"JOINDET.NCUT.SOLVER must be 'lanczos' or 'dense', got {j.NCUT.SOLVER!r}")
-    _check(j.NCUT.NUM_ROUNDS >= 1, f"JOINDET.NCUT.NUM_ROUNDS must be >= 1, got {j.NCUT.NUM_ROUNDS}")
-    _check(0.0 < j.REFRESH.NMS_THRESH <= 1.0, f"JOINDET.REFRESH.NMS_THRESH must be in (0, 1], got {j.REFRESH.NMS_THRESH}")
-    _check(j.UPDATE_PERIOD >= 0, f"JOINDET.UPDATE_PERIOD must be >= 0 (0 = never), got {j.UPDATE_PERIOD}")
-    _check(j.UPDATE_PERIOD_ITERS >= 0, f"JOINDET.UPDATE_PERIOD_ITERS must be >= 0, got {j.UPDATE_PERIOD_ITERS}")
-    _check(j.PRIORS.TOPK >= 1, f"JOINDET.PRIORS.TOPK must be >= 1, got {j.PRIORS.TOPK}")
-    _check(j.EMBED_DIM >= 1, f"JOINDET.EMBED_DIM must be >= 1, got {j.EMBED_DIM}")
-    _check(j.EMBED_CROP_SIZE >= 16, f"JOINDET.EMBED_CROP_SIZE must be >= 16, got {j.EMBED_CROP_SIZE}")
-    _check(j.EMBED_ENCODER in ("backbone", "frozen_copy"),
-           f"JOINDET.EMBED_ENCODER must be 'backbone' or 'frozen_copy', got {j.EMBED_ENCODER!r}")
-    _check(0 < j.LSJ.MIN_SCALE <= j.LSJ.MAX_SCALE,
-           f"JOINDET.LSJ.MIN_SCALE/MAX_SCALE must satisfy 0 < min <= max, got {j.LSJ.MIN_SCALE}, {j.LSJ.MAX_SCALE}")
-    for entry in cfg.DATASETS.IMAGE_FOLDERS:
-        _check(isinstance(entry, str) and entry.count("=") >= 1 and entry.split("=", 1)[0] and entry.split("=", 1)[1],
-               f"DATASETS.IMAGE_FOLDERS entries must be 'name=path', got {entry!r}")
-    s = cfg.DATASETS.SYNTHETIC
-    _check(s.NUM_TRAIN >= 1 and s.NUM_VAL >= 1, "DATASETS.SYNTHETIC.NUM_TRAIN / NUM_VAL must be >= 1")
-    _check(s.IMAGE_SIZE >= 32, f"DATASETS.SYNTHETIC.IMAGE_SIZE must be >= 32, got {s.IMAGE_SIZE}")
+    lsj = cfg.JOINDET.LSJ
+    _check(lsj.MIN_SCALE <= lsj.MAX_SCALE,
+           f"JOINDET.LSJ.MIN_SCALE ({lsj.MIN_SCALE}) must be <= JOINDET.LSJ.MAX_SCALE ({lsj.MAX_SCALE})")
+    # Detectron2 reads DATASETS.PROPOSAL_FILES_* with plain pickle.load, which runs code in the file
+    _check(not cfg.MODEL.LOAD_PROPOSALS,
+           "MODEL.LOAD_PROPOSALS must be False: Deformable DETR uses no precomputed proposals, and Detectron2 "
+           "would unpickle DATASETS.PROPOSAL_FILES_* without restriction")
 
 
 def resolve_epochs(cfg, num_images):

@@ -2,6 +2,7 @@
 (under ``$JOINDET_CACHE``), yacs configs built from ``configs/mini/deformable_detr_synth.yaml``
 with tiny overrides, and batches of mapped synthetic images."""
 
+import logging
 import os
 import random
 import socket
@@ -145,6 +146,22 @@ def mapped_batch(cfg, count, dataset="synth_train", is_train=True):
     ``is_train`` augmentations include a random flip, so seed torch/numpy/random for repeatability)."""
     mapper = DetrDatasetMapper(cfg, is_train=is_train)
     return [mapper(d) for d in DatasetCatalog.get(dataset)[:count]]
+
+
+@pytest.fixture
+def joindet_log(caplog):
+    """``caplog`` that captures the 'joindet' logger at INFO, even after an in-process Detectron2
+    ``setup_logger(name="joindet")`` (a training run in an earlier test) stopped its propagation."""
+    logger = logging.getLogger("joindet")
+    attach = not logger.propagate  # else the root logger's capture handler already sees it
+    if attach:
+        logger.addHandler(caplog.handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    yield caplog
+    if attach:
+        logger.removeHandler(caplog.handler)
+    logger.setLevel(old_level)
 
 
 @pytest.fixture

@@ -184,6 +184,7 @@ class FakeRunner:
 
     def __call__(self, argv, log_file, env):
         self.calls.append(list(argv))
+        argv = [a for a in argv if a != "--resume"]
         opts = dict(zip(argv[2::2], argv[3::2]))
         out = opts["OUTPUT_DIR"]
         os.makedirs(out, exist_ok=True)
@@ -243,7 +244,23 @@ def test_ablation_orchestration_table_and_resume(tmp_path, capsys):
     (out / "value_0.7" / "seed_0" / "result.json").unlink()
     rerun = FakeRunner()
     assert ablation.main(_ablation_args(out), runner=rerun) == summary
-    assert len(rerun.calls) == 1 and "MODEL.WEIGHTS" in rerun.calls[0]
+    assert len(rerun.calls) == 1 and "MODEL.WEIGHTS" in rerun.calls[0] and "--resume" not in rerun.calls[0]
+
+    # a pretraining interrupted after a checkpoint continues with --resume (its folder is kept); one
+    # interrupted before any checkpoint starts again from an empty folder
+    run = out / "value_0.7" / "seed_1"
+    for f in ("result.json", "pretrain_done.json", "pretrain/model_final.pth"):
+        (run / f).unlink()
+    (run / "pretrain" / "model_0000009.pth").write_bytes(b"")
+    (run / "pretrain" / "last_checkpoint").write_text("model_0000009.pth")
+    (run / "finetune" / "stale.txt").write_text("")
+    rerun = FakeRunner()
+    assert ablation.main(_ablation_args(out), runner=rerun) == summary
+    assert len(rerun.calls) == 2
+    assert rerun.calls[0][:3] == ["--config-file", str(REPO_ROOT / PRETRAIN_CONFIG), "--resume"]
+    assert (run / "pretrain" / "model_0000009.pth").exists()
+    assert "--resume" not in rerun.calls[1] and not (run / "finetune" / "stale.txt").exists()
+    assert "continuing the interrupted attempt" in capsys.readouterr().out
 
 
 def test_ablation_dry_run_and_bad_input(tmp_path, capsys):

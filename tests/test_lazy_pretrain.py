@@ -185,7 +185,8 @@ def test_pretraining_config_matches_yaml(setting, tmp_path):
     for mapper in (lmapper, ymapper):
         assert mapper.active_priors is active
     assert aug_signature(lmapper.augmentations.augs) == aug_signature(ymapper.augmentations.augs)
-    assert [type(a).__name__ for a in lmapper.augmentations.augs] == ["ResizeScale", "FixedSizeCrop", "RandomFlip"]
+    assert [type(a).__name__ for a in lmapper.augmentations.augs] == ["ResizeScaleKeepingPixels", "FixedSizeCrop",
+                                                                         "RandomFlip"]
     for attr in ("image_format", "crop_size", "min_box_size"):
         assert getattr(lmapper, attr) == getattr(ymapper, attr), attr
     prior_mapper = instantiate(lcfg.dataloader.prior_mapper)

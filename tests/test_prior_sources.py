@@ -36,21 +36,6 @@ def drawn_image(width=160, height=120, shift=0):
     return image
 
 
-@pytest.fixture
-def joindet_log(caplog):
-    """Capture the 'joindet' logger even where a Detectron2 setup_logger stopped its propagation."""
-    logger = logging.getLogger("joindet")
-    attach = not logger.propagate  # else the root logger's capture handler already sees it
-    if attach:
-        logger.addHandler(caplog.handler)
-    old_level = logger.level
-    logger.setLevel(logging.INFO)
-    yield caplog
-    if attach:
-        logger.removeHandler(caplog.handler)
-    logger.setLevel(old_level)
-
-
 # ------------------------------------------------------------------------------ selective search
 def test_selective_search_boxes_on_drawn_image():
     image = drawn_image()

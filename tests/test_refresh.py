@@ -29,9 +29,13 @@ TINY_PRETRAIN_OPTS_FOR_TOOL = [*TINY_DATA_OPTS, *TINY_MODEL_OPTS, *TINY_PRETRAIN
 
 def test_registry_holds_the_documented_generators():
     assert sorted(n for n, _ in REFRESH_GENERATOR_REGISTRY) == sorted(GENERATORS)
-    cfg = build_cfg(["JOINDET.REFRESH.GENERATOR", "no_such"], config_file=PRETRAIN_CONFIG, data_opts=False)
+    # refused at start-up by the config check, and by the builder for a settings dict built another way
     with pytest.raises(ValueError, match=r"JOINDET\.REFRESH\.GENERATOR.*no_such.*detector_ncut"):
-        build_refresh_generator(prior_settings_from_cfg(cfg), mapper=None)
+        build_cfg(["JOINDET.REFRESH.GENERATOR", "no_such"], config_file=PRETRAIN_CONFIG, data_opts=False)
+    settings = prior_settings_from_cfg(build_cfg(config_file=PRETRAIN_CONFIG, data_opts=False))
+    settings["refresh"]["generator"] = "no_such"
+    with pytest.raises(ValueError, match=r"JOINDET\.REFRESH\.GENERATOR.*no_such.*detector_ncut"):
+        build_refresh_generator(settings, mapper=None)
 
 
 def test_box_mean_of_map_matches_brute_force():

@@ -3,31 +3,28 @@ A folder of unlabelled images as a pretraining set (e.g. ImageNet's train folder
 own photos): every image file under the folder, recursively, becomes one Detectron2 dataset dict
 ``{"file_name", "height", "width", "image_id"}``.
 
-Only headers are read, so listing a large folder is quick: PIL's ``Image.open`` gives the size,
-``verify()`` walks the file's structure (catching corrupt and truncated PNGs and the like), and
-JPEGs must end with the end-of-image marker (PIL's ``verify`` does not decode JPEG data, and a
-cut-off JPEG otherwise only fails when the data loader decodes it mid-training). Unreadable files
-and images smaller than ``min_size`` are skipped with one warning. Grayscale, palette and RGBA
-images are kept: Detectron2's ``read_image(..., format="RGB")`` converts them to 3 channels.
-Height and width are those of the image after EXIF orientation, as ``read_image`` returns it.
+Only headers are read, so listing a large folder is quick: ``joindet.data.image_io.probe_image``
+gives the size after EXIF orientation (as the mappers' ``read_image`` returns the image), walks the
+file's structure (catching corrupt and truncated PNGs and the like) and requires a JPEG to end with
+its end-of-image marker. Unusable files (with the reasons of ``image_io.SKIP_REASONS``), images
+smaller than ``min_size`` and images of an extreme aspect ratio are skipped with one warning that
+counts them by reason. Grayscale, palette, RGBA, CMYK and 16-bit images are kept: ``read_image``
+converts them to 3 channels of 8 bits. A file that becomes unusable after the listing (deleted,
+overwritten) is skipped by the mapper that reads it.
 """
 import functools
 import logging
 import os
+from collections import Counter
 from typing import List, Sequence, Tuple
 
-from PIL import Image
+from .image_io import UnusableImage, probe_image
 
 __all__ = ["IMAGE_EXTENSIONS", "load_image_folder", "register_image_folder"]
 
 logger = logging.getLogger("joindet")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-_JPEG_EXTENSIONS = (".jpg", ".jpeg")
-_JPEG_EOI = b"\xff\xd9"
-_JPEG_TAIL_BYTES = 4096  # the EOI marker may be followed by padding or trailing data
-_EXIF_ORIENTATION = 0x0112
-_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 _SHOWN_SKIPPED = 5  # skipped file names named in the warning
 
 
@@ -60,43 +57,6 @@ def _check_folder(folder) -> str:
     if not os.path.isdir(folder):
         raise ValueError(f"image folder {folder} is not a directory")
     return folder
-
-
-def _jpeg_has_end_marker(path: str) -> bool:
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - _JPEG_TAIL_BYTES))
-        return _JPEG_EOI in f.read()
-
-
-def _exif_orientation(img: Image.Image) -> int:
-    """The EXIF orientation tag (1 = upright) without decoding pixels, so ``verify`` still works.
-
-    A PNG's ``getexif()`` would load the image; its header EXIF chunk is in ``info`` instead.
-    """
-    if img.format == "PNG":
-        raw = img.info.get("exif")
-        if not raw:
-            return 1
-        exif = Image.Exif()
-        exif.load(raw)
-    else:
-        exif = img.getexif()
-    return int(exif.get(_EXIF_ORIENTATION, 1))
-
-
-def _image_size(path: str) -> Tuple[int, int]:
-    """(height, width) after EXIF orientation, from the header. Raises on a corrupt file."""
-    with Image.open(path) as img:
-        width, height = img.size
-        orientation = _exif_orientation(img)
-        img.verify()
-    if path.lower().endswith(_JPEG_EXTENSIONS) and not _jpeg_has_end_marker(path):
-        raise OSError("JPEG data is truncated (no end-of-image marker)")
-    if orientation in _TRANSPOSED_ORIENTATIONS:
-        width, height = height, width
-    return height, width
 
 
 def _list_images(folder: str, extensions: Tuple[str, ...]) -> Tuple[List[str], int]:
@@ -138,34 +98,30 @@ def load_image_folder(
     extensions = _check_extensions(extensions)
     paths, others = _list_images(folder, extensions)
 
-    dicts, corrupt, small = [], [], []
+    dicts, skipped = [], []
     for rel in paths:
         path = os.path.join(folder, rel)
         try:
-            height, width = _image_size(path)
-        except Exception as e:  # PIL raises many types for bad files (OSError, SyntaxError, ...)
-            corrupt.append((rel, f"{type(e).__name__}: {e}"))
-            continue
-        if height < min_size or width < min_size:
-            small.append((rel, f"{width}x{height}"))
+            height, width = probe_image(path, min_size=min_size)
+        except UnusableImage as e:
+            skipped.append((rel, e))
             continue
         dicts.append({"file_name": path, "height": height, "width": width, "image_id": len(dicts)})
 
+    reasons = Counter(e.reason for _, e in skipped)
+    small, aspect = reasons.pop("too_small", 0), reasons.pop("extreme_aspect_ratio", 0)
+    corrupt = sum(reasons.values())
+    by_reason = f" ({', '.join(f'{r}: {n}' for r, n in sorted(reasons.items()))})" if corrupt else ""
     counts = (
         f"{len(paths)} image files ({', '.join(extensions)}), {others} other files; "
-        f"{len(corrupt)} corrupt, {len(small)} smaller than {min_size} px, {len(dicts)} kept"
+        f"{corrupt} corrupt{by_reason}, {small} smaller than {min_size} px, "
+        f"{aspect} of an extreme aspect ratio, {len(dicts)} kept"
     )
+    shown = "; ".join(f"{rel} ({e.reason}: {e.detail})" for rel, e in skipped[:_SHOWN_SKIPPED])
     if not dicts:
-        details = "; ".join(f"{rel} ({why})" for rel, why in (corrupt + small)[:_SHOWN_SKIPPED])
-        raise ValueError(
-            f"no usable image in {folder}: {counts}" + (f". Skipped: {details}" if details else "")
-        )
-    if corrupt or small:
-        shown = [f"{rel} (corrupt: {why})" for rel, why in corrupt[:_SHOWN_SKIPPED]]
-        shown += [f"{rel} (too small: {why})" for rel, why in small[: max(0, _SHOWN_SKIPPED - len(shown))]]
-        logger.warning(
-            "Image folder %s: %s. Skipped %d, e.g. %s", folder, counts, len(corrupt) + len(small), "; ".join(shown)
-        )
+        raise ValueError(f"no usable image in {folder}: {counts}" + (f". Skipped: {shown}" if shown else ""))
+    if skipped:
+        logger.warning("Image folder %s: %s. Skipped %d, e.g. %s", folder, counts, len(skipped), shown)
     else:
         logger.info("Image folder %s: %s.", folder, counts)
     return dicts

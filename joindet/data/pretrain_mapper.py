@@ -6,18 +6,36 @@ import torch
 from torchvision.ops import roi_align
 
 from detectron2.config import configurable
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 
-__all__ = ["JoinDetDatasetMapper", "build_lsj_augmentation"]
+from .image_io import SkippedImages, UnusableImage, read_image
+from .mapper import describe_datasets
+
+__all__ = ["JoinDetDatasetMapper", "ResizeScaleKeepingPixels", "build_lsj_augmentation"]
+
+
+class ResizeScaleKeepingPixels(T.ResizeScale):
+    """Detectron2's ``ResizeScale`` whose output keeps at least one pixel on each side.
+
+    ``ResizeScale`` rounds each side to the nearest pixel; a long thin image at a small scale (e.g. 400 x 20
+    px into 0.1 x a 64 px target: 6 x 0.32 px) rounds its shorter side to 0 px and the resize then fails.
+    Here that side becomes 1 px (the aspect ratio is off by under a pixel; boxes follow the same resize).
+    """
+
+    def _get_resize(self, image: np.ndarray, scale: float) -> T.Transform:
+        tfm = super()._get_resize(image, scale)
+        if tfm.new_h >= 1 and tfm.new_w >= 1:
+            return tfm
+        return T.ResizeTransform(tfm.h, tfm.w, max(tfm.new_h, 1), max(tfm.new_w, 1), tfm.interp)
 
 
 def build_lsj_augmentation(image_size, min_scale, max_scale, flip=True):
     """Large-scale jitter (Ghiasi et al. 2021): resize by a random factor of ``image_size`` then a
     random ``image_size`` crop (no padding here: Deformable DETR pads batches itself, with a mask)."""
     augs = [
-        T.ResizeScale(min_scale=min_scale, max_scale=max_scale, target_height=image_size, target_width=image_size),
+        ResizeScaleKeepingPixels(min_scale=min_scale, max_scale=max_scale, target_height=image_size,
+                                 target_width=image_size),
         T.FixedSizeCrop(crop_size=(image_size, image_size), pad=False),
     ]
     if flip:
@@ -46,15 +64,23 @@ class JoinDetDatasetMapper:
       ``gt_scores`` (the priors' scores);
     - ``prior_crops``: (n, 3, crop_size, crop_size) uint8, the priors cropped from the augmented image;
     - ``prior_version``: the bank version the priors came from.
+
+    An image that cannot be used (:func:`joindet.data.image_io.read_image` raises ``UnusableImage``) makes
+    the mapper return None, so that Detectron2's ``MapDataset`` maps another image; ``self.skipped``
+    counts and logs the skips, and stops with an error naming ``dataset_names`` once as many consecutive
+    images as the active bank version holds (or its limit) were unusable.
     """
 
     @configurable
-    def __init__(self, *, augmentations, image_format, active_priors, crop_size=128, min_box_size=4.0):
+    def __init__(self, *, augmentations, image_format, active_priors, crop_size=128, min_box_size=4.0,
+                 dataset_names=()):
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.active_priors = active_priors
         self.crop_size = crop_size
         self.min_box_size = min_box_size
+        label = type(self).__name__ + (f" on {describe_datasets(dataset_names)}" if dataset_names else "")
+        self.skipped = SkippedImages(label)
 
     @classmethod
     def from_config(cls, cfg, active_priors):
@@ -66,17 +92,20 @@ class JoinDetDatasetMapper:
             "active_priors": active_priors,
             "crop_size": cfg.JOINDET.EMBED_CROP_SIZE,
             "min_box_size": cfg.JOINDET.LSJ.MIN_BOX_SIZE,
+            "dataset_names": tuple(cfg.DATASETS.TRAIN),
         }
 
     def __call__(self, dataset_dict):
+        """Returns the mapped dict, or None for an unusable image."""
         d = copy.deepcopy(dataset_dict)
-        try:
-            image = utils.read_image(d["file_name"], format=self.image_format)
-            utils.check_image_size(d, image)
-        except Exception as e:
-            raise RuntimeError(f"Cannot load image {d.get('file_name')!r} (image_id {d.get('image_id')}): "
-                               f"{type(e).__name__}: {e}") from e
         priors = self.active_priors.current()
+        expected = (d["height"], d["width"]) if "height" in d and "width" in d else None
+        try:
+            image = read_image(d["file_name"], format=self.image_format, expected_size=expected)
+        except UnusableImage as e:
+            self.skipped.dataset_size = len(priors)  # the bank holds every image of the dataset
+            self.skipped.skip(e)
+            return None
         boxes, scores = priors.get(d["image_id"])
         aug_input = T.AugInput(image, boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
         self.augmentations(aug_input)
@@ -99,4 +128,5 @@ class JoinDetDatasetMapper:
         d["prior_crops"] = crop_priors(image_t, boxes, self.crop_size)
         d["prior_version"] = priors.version
         d.pop("annotations", None)
+        self.skipped.used_one()
         return d

@@ -42,12 +42,13 @@ import logging
 import math
 import numbers
 import os
-import tempfile
 
 import numpy as np
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
+
+from ..utils.atomic import write_json_atomic
 
 __all__ = [
     "LOW_DATA_SUBSETS",
@@ -81,21 +82,6 @@ def default_transfer_root():
     return os.path.join(base, "transfer")
 
 
-def _atomic_write_json(obj, path):
-    """Write ``obj`` as JSON to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _read_json(path):
     """The JSON content of ``path``, or None when it is absent or unreadable."""
     try:
@@ -112,7 +98,7 @@ def _write_if_changed(obj, path):
         return False
     if current is not None:
         logger.warning("Replacing %s: its content no longer matches its source", path)
-    _atomic_write_json(obj, path)
+    write_json_atomic(path, obj, separators=(",", ":"))
     return True
 
 

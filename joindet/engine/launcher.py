@@ -1,5 +1,4 @@
 """What ``train_net.py`` runs in every process: config set-up, then training or evaluation."""
-import json
 import logging
 import os
 
@@ -11,6 +10,8 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_joindet_config, resolve_epochs, validate_config
 from ..data.datasets import check_dataset_names, register_datasets
+from ..utils.atomic import write_json_atomic
+from .fault_tolerance import TrainingPreempted
 from .pretrain import JoinDetTrainer
 from .trainer import Trainer, build_checkpointer
 
@@ -46,22 +47,27 @@ def trainer_class(cfg):
 
 def write_results(output_dir, results):
     """Save evaluation results as OUTPUT_DIR/eval_results.json (atomically), for scripts to read."""
-    path = os.path.join(output_dir, "eval_results.json")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2, default=float)
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(os.path.join(output_dir, "eval_results.json"), results, indent=2, default=float)
 
 
 def main(args):
     """Train (or with ``--eval-only`` evaluate) in this process; returns the evaluation results
     (a dict dataset -> task -> metric; empty when DATASETS.TEST is empty), also written to
     OUTPUT_DIR/eval_results.json by the main process."""
-    if args.config_file.endswith(".py"):
-        from .lazy import lazy_main
+    try:
+        if args.config_file.endswith(".py"):
+            from .lazy import lazy_main
 
-        return lazy_main(args)
+            return lazy_main(args)
+        return _yacs_main(args)
+    except TrainingPreempted as e:  # SIGTERM: a checkpoint was saved; a clean exit for the scheduler
+        logger.warning("Training stopped on SIGTERM after iteration %d; %s holds its state. Continue with "
+                       "the same command and --resume.", e.iteration, e.checkpoint)
+        return {}
+
+
+def _yacs_main(args):
+    """``main`` for a yacs (.yaml) config."""
     cfg = setup(args)
     if args.eval_only:
         model = trainer_class(cfg).build_model(cfg)

@@ -31,14 +31,14 @@ from detectron2.utils.registry import locate
 from omegaconf import OmegaConf
 
 from ..checkpoint import JoinDetCheckpointer
-from ..config import add_joindet_config
+from ..config import add_joindet_config, check_config_value
 from ..data.datasets import check_dataset_names
 from ..data.synthetic import register_synthetic
 from ..data.transfer import register_transfer_datasets
 from ..modeling.joindet import JoinDet
 from ..priors.active import ActivePriors
-from ..priors.refresh import REFRESH_GENERATOR_REGISTRY
 from ..priors.sources import PRIOR_SOURCE_REGISTRY, build_prior_source
+from .fault_tolerance import PreemptionHook, RNGStateHook
 from .pretrain import build_prior_refresh_hook, insert_prior_hook, prior_settings_from_cfg, resolve_bank_dir
 from .trainer import check_batch_norm_batch, create_ddp_model_any_device, unwrap_model
 
@@ -137,7 +137,7 @@ def check_aux_loss_weights(model):
 
 def _joindet_layout():
     """The keys of a ``joindet`` section: those of ``prior_settings_from_cfg`` on the yacs defaults
-    (``JOINDET.PRIORS`` / ``NCUT`` / ``SMOOTH`` with lower-case keys, ``update_period_iters``) plus
+    (``JOINDET.PRIORS`` / ``NCUT`` / ``SMOOTH`` / ``REFRESH`` with lower-case keys, ``update_period_iters``) plus
     ``init_source_kwargs``. Returns {key: set of sub-keys, or None for a value or free-form mapping}."""
     defaults = prior_settings_from_cfg(add_joindet_config(get_cfg()))
     layout = {k: set(v) if isinstance(v, dict) else None for k, v in defaults.items()}
@@ -145,25 +145,13 @@ def _joindet_layout():
     return layout
 
 
-# (key, test, requirement): the ranges joindet.config.validate_config checks on the yacs side.
-_JOINDET_RANGES = (
-    ("priors.topk", lambda v: v >= 1, ">= 1"),
-    ("ncut.tau", lambda v: -1.0 <= v <= 1.0, "in [-1, 1] (a cosine)"),
-    ("ncut.eps", lambda v: v > 0, "> 0"),
-    ("ncut.num_rounds", lambda v: v >= 1, ">= 1"),
-    ("ncut.batch_size", lambda v: v >= 1, ">= 1"),
-    ("smooth.momentum", lambda v: 0.0 <= v <= 1.0, "in [0, 1] (m_s)"),
-    ("smooth.iou_threshold", lambda v: 0.0 < v < 1.0, "in (0, 1)"),
-    ("refresh.nms_thresh", lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
-    ("update_period_iters", lambda v: v >= 0, ">= 0 (0 = fixed priors)"),
-)
-
-
 def check_joindet_section(cfg):
     """Raise ``ValueError`` naming the key when ``cfg.joindet`` lacks a key of the yacs ``JOINDET``
-    prior settings or has an unknown one, a value is out of range, ``priors.init_source`` is not a
-    registered prior source or has no ``init_source_kwargs`` entry, ``priors.eval_dataset`` is not a
-    registered dataset, or the config has no ``dataloader.prior_mapper``."""
+    prior settings or has an unknown one, a value breaks the rule of its yacs twin in
+    ``joindet.config.CONFIG_RULES`` (``joindet.ncut.tau`` that of ``JOINDET.NCUT.TAU``: type, range, and
+    for ``priors.init_source`` / ``refresh.generator`` the registry), ``priors.init_source`` has no
+    ``init_source_kwargs`` entry, ``priors.eval_dataset`` is not a registered dataset, or the config has
+    no ``dataloader.prior_mapper``."""
     section = cfg.joindet
     layout = _joindet_layout()
     unknown = sorted(set(section) - set(layout))
@@ -176,20 +164,15 @@ def check_joindet_section(cfg):
             have = set(section[group])
             raise ValueError(f"joindet.{group} must have the keys {sorted(keys)} (JOINDET.{group.upper()}.* in "
                              f"lower case): missing {sorted(keys - have)}, unknown {sorted(have - keys)}")
-    for key, ok, requirement in _JOINDET_RANGES:
-        value = OmegaConf.select(section, key)
-        if not ok(value):
-            raise ValueError(f"joindet.{key} must be {requirement}, got {value}")
+    for group, keys in layout.items():
+        if group == "init_source_kwargs":  # free-form: each source checks its own arguments
+            continue
+        for key in [group] if keys is None else [f"{group}.{k}" for k in sorted(keys)]:
+            check_config_value(f"JOINDET.{key.upper()}", OmegaConf.select(section, key), shown_as=f"joindet.{key}")
     name = section.priors.init_source
-    if name not in PRIOR_SOURCE_REGISTRY:
-        raise ValueError(f"joindet.priors.init_source: unknown prior source {name!r}; registered: "
-                         f"{sorted(n for n, _ in PRIOR_SOURCE_REGISTRY)}")
     if name not in section.init_source_kwargs:
         raise ValueError(f"joindet.init_source_kwargs has no entry for the init source {name!r} "
                          f"(it has {sorted(section.init_source_kwargs)})")
-    if section.refresh.generator not in REFRESH_GENERATOR_REGISTRY:
-        raise ValueError(f"joindet.refresh.generator: unknown refresh generator {section.refresh.generator!r}; "
-                         f"registered: {sorted(n for n, _ in REFRESH_GENERATOR_REGISTRY)}")
     if section.priors.eval_dataset:
         check_dataset_names([section.priors.eval_dataset], "joindet.priors.eval_dataset")
     if "prior_mapper" not in cfg.dataloader:
@@ -314,6 +297,8 @@ def do_train(args, cfg):
     ]
     if refresh is not None:
         insert_prior_hook(hook_list, refresh)
+    # last, as in the yacs trainer: the random generators go into checkpoints, SIGTERM saves one and stops
+    hook_list += [RNGStateHook(), PreemptionHook(checkpointer)]
     trainer.register_hooks(hook_list)
 
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)

@@ -6,7 +6,7 @@ section), :func:`build_prior_refresh_hook` and :func:`insert_prior_hook`.
 """
 import os
 
-from detectron2.data import DatasetCatalog, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import DatasetCatalog, get_detection_dataset_dicts
 from detectron2.engine import hooks
 
 from ..data.mapper import DetrDatasetMapper
@@ -15,7 +15,7 @@ from ..priors.active import ActivePriors
 from ..priors.refresh import build_refresh_generator
 from ..priors.sources import build_prior_source_from_cfg
 from .prior_hook import PriorRefreshHook
-from .trainer import Trainer, unwrap_model
+from .trainer import Trainer, build_resumable_train_loader, unwrap_model
 
 __all__ = [
     "JoinDetTrainer",
@@ -107,7 +107,8 @@ class JoinDetTrainer(Trainer):
         # kept for build_hooks: the refresh hook walks the same images (loaded once)
         self._pretrain_dicts = dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
         mapper = JoinDetDatasetMapper(cfg, active_priors=self.active_priors)
-        return build_detection_train_loader(cfg, dataset=dicts, mapper=mapper)
+        loader, self._train_sampler = build_resumable_train_loader(cfg, mapper, dataset=dicts)
+        return loader
 
     def build_hooks(self):
         cfg = self.cfg

@@ -1,7 +1,6 @@
 """The hook that creates version 0 of the priors and refreshes them every ``period`` iterations."""
 import json
 import logging
-import os
 import time
 
 import numpy as np
@@ -13,6 +12,7 @@ from ..evaluation.prior_quality import evaluate_priors, format_prior_quality_tab
 from ..priors.box_smooth import mean_best_iou, merge_refresh
 from ..priors.generation import gather_priors, shard
 from ..priors.sources import prior_source_name, version0_cache_key
+from ..utils.atomic import write_json_atomic
 from .trainer import unwrap_model
 
 __all__ = ["PriorRefreshHook"]
@@ -23,7 +23,8 @@ logger = logging.getLogger("joindet")
 class PriorRefreshHook(HookBase):
     """Keeps the prior bank and the data loader's supervision up to date.
 
-    - ``before_train``: unless a checkpoint restored the version in use, make sure version 0 exists
+    - ``before_train``: tidy up the bank after an interrupted write (``PriorBank.recover``); unless a
+      checkpoint restored the version in use, make sure version 0 exists
       (computed by ``init_source``, or reused when the bank holds version 0 of the same settings).
     - every ``period`` iterations (0 = never): the current priors of every image from ``generator`` (a
       refresh generator, :mod:`joindet.priors.refresh`; each process its shard), smoothed with the version
@@ -68,6 +69,10 @@ class PriorRefreshHook(HookBase):
 
     # ------------------------------------------------------------------ hook
     def before_train(self):
+        if comm.is_main_process():  # the main process is the bank's only writer
+            for line in self.active.bank.recover():
+                logger.warning("Prior bank %s: %s", self.active.bank.root, line)
+        comm.synchronize()
         if self.active.version < 0:
             self._ensure_version0()
         self._log_version(self.active.current(), previous=None)
@@ -149,10 +154,7 @@ class PriorRefreshHook(HookBase):
                                                                      "AP", "AP50", "CorLoc")})
             logger.info("Prior quality per version (against %d annotated images):\n%s", len(self.eval_dicts),
                         format_prior_quality_table(self.quality))
-            path = self.active.bank.root / "prior_quality.json"
-            with open(f"{path}.tmp", "w") as f:
-                json.dump(self.quality, f, indent=1)
-            os.replace(f"{path}.tmp", path)
+            write_json_atomic(self.active.bank.root / "prior_quality.json", self.quality, indent=1)
         for k, v in stats.items():
             storage.put_scalar(f"priors/{k}", v, smoothing_hint=False)
         logger.info("Prior bank version %d: %s", version.version, json.dumps({k: round(v, 4) for k, v in stats.items()}))

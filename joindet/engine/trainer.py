@@ -6,7 +6,7 @@ import weakref
 from torch import nn
 
 import detectron2.engine.defaults as d2_defaults
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
 from detectron2.evaluation import COCOEvaluator
@@ -14,9 +14,10 @@ from detectron2.layers import NaiveSyncBatchNorm
 
 from ..checkpoint import JoinDetCheckpointer
 from ..data.mapper import DetrDatasetMapper
+from .fault_tolerance import PreemptionHook, ResumableTrainingSampler, RNGStateHook
 from .optimizer import build_optimizer
 
-__all__ = ["Trainer", "check_batch_norm_batch", "create_ddp_model_any_device", "has_compiled_ops", "unwrap_model"]
+__all__ = ["Trainer", "build_resumable_train_loader", "check_batch_norm_batch", "create_ddp_model_any_device", "has_compiled_ops", "unwrap_model"]
 
 
 def unwrap_model(model):
@@ -86,12 +87,33 @@ def _cpu_ddp_support():
         d2_defaults.create_ddp_model = _D2_CREATE_DDP_MODEL
 
 
+def build_resumable_train_loader(cfg, mapper, dataset=None):
+    """Detectron2's train loader for ``cfg`` (``dataset``: dataset dicts, default ``DATASETS.TRAIN`` with
+    ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``), with a :class:`ResumableTrainingSampler` when
+    ``DATALOADER.SAMPLER_TRAIN`` is "TrainingSampler". Returns ``(loader, sampler)``; ``sampler`` is None
+    for Detectron2's other samplers (a resumed run then restarts their stream)."""
+    if dataset is None:
+        dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    # One seed, the same on every rank (from SEED), for the index stream and for the loader's own generator:
+    # the loader then never draws from torch's global generator, whose state the checkpoint restores.
+    seed = comm.shared_random_seed()
+    sampler = (ResumableTrainingSampler(len(dataset), seed=seed)
+               if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler" else None)
+    loader = build_detection_train_loader(cfg, dataset=dataset, mapper=mapper, sampler=sampler, seed=seed)
+    return loader, sampler
+
+
 def build_checkpointer(cfg, model, **kwargs):
     """The checkpointer of every JoinDet route (training, --resume, --eval-only)."""
     return JoinDetCheckpointer(model, cfg.OUTPUT_DIR, strict=not cfg.MODEL.WEIGHTS_NON_STRICT, **kwargs)
 
 
 class Trainer(DefaultTrainer):
+    """Detectron2's ``DefaultTrainer`` with JoinDet's checkpointer, optimizer, loaders and evaluator, and
+    fault tolerance (``joindet.engine.fault_tolerance``): the checkpoint also holds the random-number
+    generators, a resumed run continues the data stream where it stopped, and SIGTERM saves a checkpoint
+    and stops cleanly."""
+
     def __init__(self, cfg):
         with _cpu_ddp_support():
             super().__init__(cfg)
@@ -102,15 +124,26 @@ class Trainer(DefaultTrainer):
         # DefaultTrainer.__init__ made a DetectionCheckpointer just before calling build_hooks; use
         # JoinDet's (heads dropped at fine-tuning, strict shape checks) for loading and saving alike.
         self.checkpointer = build_checkpointer(self.cfg, self._trainer.model, trainer=weakref.proxy(self))
-        return super().build_hooks()
+        # last: their before_train / after_step follow the other hooks' (see their docstrings)
+        return super().build_hooks() + [RNGStateHook(), PreemptionHook(self.checkpointer)]
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        sampler = getattr(self, "_train_sampler", None)
+        if self.start_iter > 0 and sampler is not None:
+            # the images of iterations 0 .. start_iter - 1 were read before the interruption
+            sampler.skip(self.start_iter * (self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()))
 
     @classmethod
     def build_optimizer(cls, cfg, model):
         return build_optimizer(cfg, model)
 
-    @classmethod
-    def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=DetrDatasetMapper(cfg, is_train=True))
+    def build_train_loader(self, cfg):  # an instance method: resume_or_load moves the sampler on
+        dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        # with the dataset's size the mapper can tell "every image is unusable" apart from a few bad files
+        mapper = DetrDatasetMapper(cfg, is_train=True, num_images=len(dicts))
+        loader, self._train_sampler = build_resumable_train_loader(cfg, mapper, dataset=dicts)
+        return loader
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

@@ -7,7 +7,13 @@ Layout of one version (no Python object per box; COCO is ~3.5M boxes, ImageNet ~
     root/v0003/scores.npy     float32 (N,)
     root/v0003/offsets.npy    int64 (num_images + 1,)  image i's priors are rows offsets[i]:offsets[i+1]
     root/v0003/image_ids.npy  int64 (num_images,)      sorted ascending, unique
-    root/v0003/meta.json      version, num_images, num_boxes, created, info
+    root/v0003/meta.json      version, num_images, num_boxes, created, info, filtered_priors
+
+Degenerate supervision never enters the bank: at the write, a prior with a non-finite coordinate, a
+non-finite score, or zero or negative width or height (x2 <= x1 or y2 <= y1) is dropped, and the
+numbers dropped (by those three reasons, each prior counted under the first that applies) are logged
+and stored as ``filtered_priors`` in meta.json. An image may so lose all its priors; it stays in the
+version with none. Structural problems (shapes, lengths, offsets, ids) still raise.
 
 A version is written into a temporary directory inside ``root`` and renamed into place at the
 end, so a reader never sees a half-written version and an interrupted write leaves the earlier
@@ -15,6 +21,7 @@ versions untouched. A version counts only once its directory holds ``meta.json``
 """
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,11 +32,18 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["PriorBank", "PriorVersion"]
+from ..utils.atomic import fsync_dir
+
+__all__ = ["PriorBank", "PriorVersion", "FILTER_REASONS", "usable_priors"]
+
+logger = logging.getLogger("joindet")
 
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
+# folders of writes in progress (or interrupted): .tmp-v0003-<pid>-<random>, .old-v0003-<pid>-<random>
+_WRITER_DIR = re.compile(r"^\.(?P<kind>tmp|old)-(?P<name>v\d{4,})-(?P<pid>\d+)-")
 _ARRAY_FILES = ("image_ids", "offsets", "boxes", "scores")
 _META_FILE = "meta.json"
+FILTER_REASONS = ("non_finite_box", "non_finite_score", "empty_or_inverted_box")  # keys of meta["filtered_priors"]
 
 
 def _version_dirname(version: int) -> str:
@@ -67,10 +81,14 @@ class PriorVersion:
     def _load(self) -> Dict[str, np.ndarray]:
         if self._arrays is None:
             mode = "r" if self.mmap else None
-            self._arrays = {
-                name: np.load(self.path / f"{name}.npy", mmap_mode=mode, allow_pickle=False)
-                for name in _ARRAY_FILES
-            }
+            arrays = {}
+            for name in _ARRAY_FILES:
+                path = self.path / f"{name}.npy"
+                try:  # allow_pickle=False: a file that holds Python objects is refused, never unpickled
+                    arrays[name] = np.load(path, mmap_mode=mode, allow_pickle=False)
+                except ValueError as e:
+                    raise ValueError(f"prior bank file {path} is not a plain numpy array file: {e}") from e
+            self._arrays = arrays
         return self._arrays
 
     def __getstate__(self):
@@ -105,10 +123,14 @@ class PriorVersion:
 
     @property
     def meta(self) -> dict:
-        """The contents of meta.json (version, num_images, num_boxes, created, info)."""
+        """The contents of meta.json (version, num_images, num_boxes, created, info, filtered_priors)."""
         if self._meta is None:
-            with open(self.path / _META_FILE, "r") as f:
-                self._meta = json.load(f)
+            path = self.path / _META_FILE
+            try:
+                with open(path, "r", encoding="utf-8") as f:
+                    self._meta = json.load(f)
+            except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+                raise ValueError(f"prior bank file {path} is not valid JSON: {e}") from e
         return self._meta
 
     @property
@@ -235,7 +257,8 @@ class PriorBank:
         overwrite: bool = False,
     ) -> PriorVersion:
         """
-        Write a version from per-image arrays.
+        Write a version from per-image arrays (priors with non-finite values or no area are dropped:
+        see the module docstring).
 
         Args:
             version: the version number (>= 0).
@@ -295,7 +318,8 @@ class PriorBank:
         overwrite: bool = False,
     ) -> PriorVersion:
         """
-        Write a version from concatenated arrays.
+        Write a version from concatenated arrays (priors with non-finite values or no area are dropped:
+        see the module docstring).
 
         Args:
             version: the version number (>= 0).
@@ -312,6 +336,12 @@ class PriorBank:
         version = _check_version(version)
         self._refuse_existing(version, overwrite)
         ids, boxes, scores, offsets = _validate_arrays(image_ids, boxes, scores, offsets)
+        boxes, scores, offsets, filtered = _drop_degenerate_priors(boxes, scores, offsets)
+        if any(filtered.values()):
+            dropped = sum(filtered.values())
+            logger.warning(
+                f"prior bank {self.root} version {version}: dropped {dropped} of {boxes.shape[0] + dropped} "
+                f"priors ({', '.join(f'{k}: {n}' for k, n in filtered.items())})")
         ids, boxes, scores, offsets = _sort_by_image_id(ids, boxes, scores, offsets)
         meta = {
             "version": version,
@@ -320,6 +350,7 @@ class PriorBank:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "created_unix": time.time(),
             "info": dict(info) if info is not None else {},
+            "filtered_priors": filtered,
         }
         try:
             meta_text = json.dumps(meta, indent=2, sort_keys=True)
@@ -341,6 +372,10 @@ class PriorBank:
                 f.flush()
                 os.fsync(f.fileno())
             self._move_into_place(tmp, name, overwrite)
+        except OSError as e:  # e.g. a full disk (ENOSPC): say which version; the earlier ones are intact
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OSError(e.errno, f"cannot write prior bank version {version} at {self.root / name}: {e} "
+                                   f"(the bank's other versions are unchanged)") from e
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -373,21 +408,47 @@ class PriorBank:
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
+
+    def recover(self) -> List[str]:
+        """
+        Tidy up after writers that were killed (SIGKILL, power loss) mid-write; call it before a run
+        writes to the bank (only one process at a time writes a bank).
+
+        - a version that was being replaced and had been moved aside (``.old-vNNNN-<pid>-*``) while its
+          replacement had not yet been renamed into place is put back;
+        - the temporary folders of writes that never finished (``.tmp-vNNNN-<pid>-*``, and what is left
+          of moved-aside versions) are removed.
+        Folders of a writer process that is still alive are left alone. Returns what was done, one line each.
+        """
+        done = []
+        if not self.root.is_dir():
+            return done
+        for entry in sorted(self.root.iterdir()):
+            match = _WRITER_DIR.match(entry.name)
+            if not match or not entry.is_dir() or _process_alive(int(match.group("pid"))):
+                continue
+            name = match.group("name")
+            if match.group("kind") == "old" and (entry / name).is_dir() and not os.path.lexists(self.root / name):
+                os.replace(entry / name, self.root / name)
+                done.append(f"restored {name} from the interrupted replacement {entry.name}")
+            shutil.rmtree(entry, ignore_errors=True)
+            done.append(f"removed {entry.name} (an interrupted write)")
+        if done:
+            fsync_dir(self.root)
+        return done
 
 
-def _fsync_dir(path: Path) -> None:
-    """Persist a rename on filesystems that support fsync on directories."""
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not writing while it recovers
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _validate_arrays(image_ids, boxes, scores, offsets):
@@ -429,6 +490,41 @@ def _validate_arrays(image_ids, boxes, scores, offsets):
     if np.any(np.diff(offsets) < 0):
         raise ValueError("offsets must be non-decreasing")
     return ids, boxes, scores, offsets
+
+
+def usable_priors(boxes: np.ndarray, scores: np.ndarray) -> Tuple[np.ndarray, Dict[str, int]]:
+    """Which priors may enter the bank: finite coordinates, a finite score, x2 > x1 and y2 > y1.
+
+    Args:
+        boxes: float (N, 4) XYXY; scores: float (N,).
+
+    Returns:
+        keep: bool (N,); counts: ``{reason: number of rows dropped}`` over ``FILTER_REASONS``, each row
+        counted under the first reason that applies.
+    """
+    finite_box = np.isfinite(boxes).all(axis=1)
+    finite_score = np.isfinite(scores)
+    with np.errstate(invalid="ignore"):  # comparisons with NaN are False, as wanted
+        has_area = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    counts = {
+        "non_finite_box": int((~finite_box).sum()),
+        "non_finite_score": int((finite_box & ~finite_score).sum()),
+        "empty_or_inverted_box": int((finite_box & finite_score & ~has_area).sum()),
+    }
+    return finite_box & finite_score & has_area, counts
+
+
+def _drop_degenerate_priors(boxes, scores, offsets):
+    """The rows that :func:`usable_priors` keeps, with the offsets recomputed (vectorised). Returns
+    (boxes, scores, offsets, counts of the dropped rows by reason)."""
+    keep, counts = usable_priors(boxes, scores)
+    if keep.all():
+        return boxes, scores, offsets, counts
+    image_of_row = np.repeat(np.arange(offsets.shape[0] - 1), np.diff(offsets))
+    kept_per_image = np.bincount(image_of_row[keep], minlength=offsets.shape[0] - 1)
+    new_offsets = np.zeros_like(offsets)
+    np.cumsum(kept_per_image, out=new_offsets[1:])
+    return np.ascontiguousarray(boxes[keep]), np.ascontiguousarray(scores[keep]), new_offsets, counts
 
 
 def _sort_by_image_id(ids, boxes, scores, offsets):

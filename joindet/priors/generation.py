@@ -6,14 +6,17 @@ import time
 import numpy as np
 import torch
 
-from detectron2.data import build_detection_test_loader
+from detectron2.data import DatasetFromList, build_detection_test_loader
+from detectron2.data.common import ToIterableDataset
 from detectron2.utils import comm
 from detectron2.utils.logger import log_every_n_seconds
 
+from .bank import FILTER_REASONS, usable_priors
 from .ncut import priors_from_features
 
 __all__ = ["generate_ncut_priors", "run_over_images", "gather_priors", "shard", "center_features"]
 
+logger = logging.getLogger("joindet")
 
 
 def shard(items):
@@ -50,25 +53,43 @@ def run_over_images(model, dataset_dicts, mapper, fn, *, batch_size=4, num_worke
     """Run ``fn(model, batch) -> [(boxes, scores)] per image`` over every image of ``dataset_dicts``, the
     model in eval mode (restored after), images read by ``mapper`` (a test-time mapper) in batches.
 
+    An image the mapper skips (it returns None for an unusable file, and counts and logs it) gets no
+    entry: the images are served as an iterable dataset, from which Detectron2's ``MapDataset`` drops a
+    None instead of mapping a random other image in its place. The number of such images is logged.
+    Priors with non-finite values or no area (``bank.usable_priors``) are dropped here, counted and logged:
+    the Box Smooth Module refuses them, and the bank would not store them.
+
     Returns dict image_id -> (boxes (k, 4) float32 XYXY in original pixels, scores (k,) float32) for every
-    image (this process only: shard with :func:`shard`, merge with :func:`gather_priors`); progress is
-    logged under ``what``."""
-    loader = build_detection_test_loader(dataset=list(dataset_dicts), mapper=mapper, batch_size=batch_size,
-                                         num_workers=num_workers,
-                                         sampler=torch.utils.data.SequentialSampler(range(len(dataset_dicts))))
+    usable image (this process only: shard with :func:`shard`, merge with :func:`gather_priors`); progress
+    is logged under ``what``."""
+    dicts = list(dataset_dicts)
+    images = ToIterableDataset(DatasetFromList(dicts, copy=False), torch.utils.data.SequentialSampler(dicts))
+    loader = build_detection_test_loader(dataset=images, mapper=mapper, batch_size=batch_size,
+                                         num_workers=num_workers)
     was_training = model.training
     model.eval()
     local = {}
+    dropped = dict.fromkeys(FILTER_REASONS, 0)
     start, total = time.perf_counter(), len(loader)
     try:
         for i, batch in enumerate(loader):
             for x, (boxes, scores) in zip(batch, fn(model, batch)):
-                local[x["image_id"]] = (_numpy(boxes).reshape(-1, 4), _numpy(scores).reshape(-1))
+                boxes, scores = _numpy(boxes).reshape(-1, 4), _numpy(scores).reshape(-1)
+                keep, counts = usable_priors(boxes, scores)
+                for reason, n in counts.items():
+                    dropped[reason] += n
+                local[x["image_id"]] = (boxes[keep], scores[keep])
             if comm.is_main_process():
                 log_every_n_seconds(logging.INFO, f"{what}: {i + 1}/{total} batches, "
                                     f"{time.perf_counter() - start:.1f} s", n=10, name="joindet")
     finally:
         model.train(was_training)
+    if any(dropped.values()):
+        logger.warning(f"{what}: dropped {sum(dropped.values())} priors "
+                       f"({', '.join(f'{k}: {n}' for k, n in dropped.items())})")
+    if len(local) < len(dicts):
+        logger.warning(f"{what}: {len(dicts) - len(local)} of {len(dicts)} images could not be used "
+                       "(skipped by the mapper, see its warnings) and get no result")
     return local
 
 

@@ -1,19 +1,14 @@
 """Version-0 priors from NCut: on the (frozen, pretrained) backbone's features, or on the image's colours."""
-import logging
-
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from detectron2.data.detection_utils import read_image
-
+from ..data.image_io import SkippedImages, UnusableImage, read_image
 from .generation import generate_ncut_priors
 from .ncut import priors_from_features
 from .sources import register_prior_source
 
 __all__ = ["NCutBackboneSource", "NCutColorSource"]
-
-logger = logging.getLogger("joindet")
 
 
 @register_prior_source("ncut_backbone")
@@ -47,19 +42,24 @@ class NCutBackboneSource:
         priors = generate_ncut_priors(
             model, dataset_dicts, self.mapper, lambda m, batch: m.backbone_patch_features(batch, self.feature),
             batch_size=self.batch_size, **self.ncut)
-        return [priors[d["image_id"]] for d in dataset_dicts]
+        # an image the mapper skipped (unusable: counted and logged by the mapper) has no result: no priors
+        empty = (np.zeros((0, 4), np.float32), np.zeros((0,), np.float32))
+        return [priors.get(d["image_id"], empty) for d in dataset_dicts]
 
 
 @register_prior_source("ncut_color")
 class NCutColorSource:
     """NCut on the image's own patch-mean colours (no model): a version 0 that sees the image, for set-ups
     with no pretrained backbone (DESIGN.md section 5). RGB vectors are all close in angle, hence a tau near 1.
-    An image that cannot be read gets no priors (logged)."""
+    An unusable image (``joindet.data.image_io.read_image`` raises ``UnusableImage``) gets no priors; the skips
+    are counted by reason in ``last_skipped`` (:class:`SkippedImages` of the last call), logged as they happen
+    and summarised at the end of the pass."""
 
     def __init__(self, *, patch=8, tau=0.99, eps=1e-5, num_rounds=3, topk=30, nms_threshold=0.7, solver="lanczos"):
         if patch < 1:
             raise ValueError(f"patch must be >= 1, got {patch}")
         self.patch = int(patch)
+        self.last_skipped = None
         self.ncut = dict(tau=tau, eps=eps, num_rounds=num_rounds, topk=topk, nms_threshold=nms_threshold,
                          solver=solver)
 
@@ -74,17 +74,22 @@ class NCutColorSource:
 
     def __call__(self, dataset_dicts, model=None):
         results = []
+        # no limit on consecutive skips: a bad image only loses its priors here (training reports the rest)
+        self.last_skipped = skipped = SkippedImages("ncut_color priors", max_consecutive=None)
         for d in dataset_dicts:
+            expected = (d["height"], d["width"]) if "height" in d and "width" in d else None
             try:
-                image = read_image(d["file_name"], format="RGB")
-            except Exception as e:  # a corrupt file: no priors for it, the run goes on
-                logger.warning("ncut_color: cannot read %s (%s): no priors", d["file_name"], e)
+                image = read_image(d["file_name"], format="RGB", expected_size=expected)
+            except UnusableImage as e:
+                skipped.skip(e)
                 results.append((np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)))
                 continue
+            skipped.used_one()
             x = torch.as_tensor(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
             if min(x.shape[-2:]) < 2 * self.patch:
                 results.append((np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)))
                 continue
             feats = F.avg_pool2d(x, self.patch).permute(0, 2, 3, 1)
             results.extend(priors_from_features(feats, [image.shape[:2]], **self.ncut))
+        skipped.log_summary()
         return results

@@ -24,9 +24,9 @@ resolution). What we do (``selective_search_boxes``):
 * score them by rank, ``1 - rank / topk`` (selective search has no score of its own), so scores
   strictly decrease from 1.0.
 
-``boxes_for_image_file`` reads an image the way Detectron2's data loader does
-(``detection_utils.read_image``: PIL, EXIF orientation applied), and reports an unreadable image
-instead of raising, so that one corrupt file does not stop a pass over a whole dataset.
+``boxes_for_image_file`` reads an image with ``joindet.data.image_io.read_image`` (what the data
+loader uses: EXIF orientation applied, 16-bit scaled to 8 bits), and reports an unusable image (with
+its skip reason) instead of raising, so that one bad file does not stop a pass over a whole dataset.
 """
 import ctypes
 import logging
@@ -194,23 +194,17 @@ def boxes_for_image_file(
         topk, min_side, mode, num_threads: as in ``selective_search_boxes``.
 
     Returns:
-        (boxes float32 (k, 4), scores float32 (k,), problem): ``problem`` is None on success,
-        else a one-line description (unreadable file, size mismatch) and the arrays are empty.
+        (boxes float32 (k, 4), scores float32 (k,), problem): ``problem`` is None on success, else
+        ``"skipped (<reason>): <detail>"`` with a reason of ``image_io.SKIP_REASONS`` (missing, corrupt,
+        size mismatch, ...), and the arrays are empty.
     """
-    from detectron2.data.detection_utils import read_image
+    from joindet.data.image_io import UnusableImage, read_image
 
     _check_settings(topk, min_side, mode, num_threads)
+    expected = (height, width) if height is not None and width is not None else None
     try:
-        image = read_image(file_name, format="RGB")
-    except Exception as e:  # PIL raises OSError, ValueError or SyntaxError on corrupt files
-        return (*_empty(), f"cannot read image: {type(e).__name__}: {e}")
-    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
-        return (*_empty(), f"unexpected image shape {image.shape}")
-    if (height is not None and image.shape[0] != height) or (width is not None and image.shape[1] != width):
-        return (
-            *_empty(),
-            f"image size {image.shape[1]}x{image.shape[0]} (WxH) differs from the dataset's "
-            f"{width}x{height}",
-        )
+        image = read_image(file_name, format="RGB", expected_size=expected)
+    except UnusableImage as e:
+        return (*_empty(), f"skipped ({e.reason}): {e.detail}")
     boxes, scores = selective_search_boxes(image, topk, min_side, mode, num_threads)
     return boxes, scores, None

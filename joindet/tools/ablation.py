@@ -35,7 +35,9 @@ Each row x seed is one run, in ``<out>/value_<value>/seed_<seed>/`` or ``<out>/m
 
 A re-run skips every run whose ``result.json`` exists, and the pretraining of a run whose
 ``pretrain_done.json`` and checkpoint exist (the tool is resumable after an interruption); a stage
-that did not finish is started again from an empty folder. Runs are found by folder name only:
+that did not finish continues from its last checkpoint (``train_net.py --resume``: same weights,
+optimizer, prior-bank version and data stream as if it had not stopped), or starts again from an empty
+folder when it saved none. Runs are found by folder name only:
 use a new ``--out-dir`` when the configs or options change. Each training runs in
 its own ``python train_net.py`` process (working directory: the repository root), so logging
 handlers, dataset registrations and seeds never leak from one run into the next.
@@ -63,6 +65,7 @@ a value is not a number, as for method names).
 """
 import argparse
 import ast
+import contextlib
 import json
 import math
 import numbers
@@ -71,7 +74,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +81,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import numpy as np
 import yaml
+
+from joindet.utils.atomic import write_json_atomic
 
 __all__ = [
     "REPO_ROOT",
@@ -258,18 +262,8 @@ def _json_safe(data):
 
 
 def _write_json_atomic(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_json_safe(data), f, indent=2, sort_keys=True, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Strict JSON (NaN as null), written atomically."""
+    write_json_atomic(path, _json_safe(data), indent=2, sort_keys=True, allow_nan=False)
 
 
 # --------------------------------------------------------------------------- table rows
@@ -432,6 +426,20 @@ def _check_run_args(seeds, metric, num_gpus) -> List[int]:
     return seeds
 
 
+def _continue_or_restart(argv: Sequence[str], folder: Path, log: Callable[[str], None], prefix: str) -> List[str]:
+    """The arguments of a stage whose output folder is ``folder``: with ``--resume`` when an interrupted
+    attempt left a checkpoint there (``last_checkpoint``; the training continues from it, with its prior
+    bank version), else the same arguments on an empty folder. Either way no earlier
+    ``eval_results.json`` remains to be read."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(folder / "eval_results.json")
+    if (folder / "last_checkpoint").is_file():
+        log(f"{prefix}: continuing the interrupted attempt in {folder} (--resume)")
+        return [*argv[:2], "--resume", *argv[2:]]  # after --config-file FILE, before the KEY VALUE overrides
+    shutil.rmtree(folder, ignore_errors=True)  # leftovers of an attempt that saved no checkpoint
+    return list(argv)
+
+
 def _run_one(row: _Row, seed: int, run: Path, prefix: str, launch: Sequence[str], metric: str, dry_run: bool,
              runner: Runner, env: Optional[Mapping[str, str]], log: Callable[[str], None]) -> Optional[dict]:
     """
@@ -469,17 +477,16 @@ def _run_one(row: _Row, seed: int, run: Path, prefix: str, launch: Sequence[str]
         log(f"{prefix}: pretraining finished earlier")
     else:
         log(f"{prefix}: pretraining (log: {run / 'pretrain.log'})")
-        shutil.rmtree(run / "pretrain", ignore_errors=True)  # leftovers of an interrupted attempt
         start = time.perf_counter()
-        runner(pretrain_argv, run / "pretrain.log", env)
+        runner(_continue_or_restart(pretrain_argv, run / "pretrain", log, prefix), run / "pretrain.log", env)
         timings["pretrain_s"] = round(time.perf_counter() - start, 3)
         if not weights.is_file():
-            raise TrainingFailed(f"pretraining of {prefix} ended without writing {weights}")
+            raise TrainingFailed(f"pretraining of {prefix} ended without writing {weights} (stopped by SIGTERM? "
+                                 f"run the tool again: it continues from the last checkpoint)")
         _write_json_atomic(run / "pretrain_done.json", {"argv": pretrain_argv, **timings})
     log(f"{prefix}: fine-tuning (log: {run / 'finetune.log'})")
-    shutil.rmtree(run / "finetune", ignore_errors=True)  # so that no earlier eval_results.json is read
     start = time.perf_counter()
-    runner(finetune_argv, run / "finetune.log", env)
+    runner(_continue_or_restart(finetune_argv, run / "finetune", log, prefix), run / "finetune.log", env)
     timings["finetune_s"] = round(time.perf_counter() - start, 3)
     try:
         bbox = read_bbox_results(run / "finetune", row.test_datasets)

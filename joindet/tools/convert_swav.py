@@ -4,7 +4,8 @@ with Detectron2's ResNet names, loadable with ``MODEL.WEIGHTS`` (``JoinDetCheckp
 
     python -m joindet.tools.convert_swav swav_800ep_pretrain.pth.tar swav_r50_d2.pth [--overwrite]
 
-Accepted inputs (read with ``torch.load(..., weights_only=True)``):
+Accepted inputs (read with ``joindet.utils.safe_pickle.load_torch``, i.e. ``torch.load(...,
+weights_only=True)``: a file that would run code when unpickled is refused, naming what it asks for):
 
 * SwAV's training checkpoint: a dict whose ``state_dict`` holds the model, keys prefixed by
   ``module.`` (DistributedDataParallel), other top-level entries (epoch, optimizer) ignored;
@@ -33,10 +34,12 @@ import argparse
 import os
 import re
 import sys
-import tempfile
 from collections import OrderedDict
 
 import torch
+
+from joindet.utils.atomic import atomic_write
+from joindet.utils.safe_pickle import UnsafePickleError, load_torch
 
 __all__ = ["convert_swav_state_dict", "convert_swav_checkpoint", "build_parser", "main"]
 
@@ -158,8 +161,10 @@ def _load_state_dict(src):
     if not os.path.isfile(src):
         raise ValueError(f"cannot load {src!r}: no such file")
     try:
-        checkpoint = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, EOFError, ...)
+        checkpoint = load_torch(src)
+    except UnsafePickleError as e:  # its message names the file and what was refused
+        raise ValueError(f"cannot load {src!r} as a PyTorch checkpoint: {e}") from e
+    except Exception as e:  # torch raises many types (RuntimeError, EOFError, ...)
         raise ValueError(f"cannot load {src!r} as a PyTorch checkpoint: {type(e).__name__}: {e}") from e
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{src!r} holds a {type(checkpoint).__name__}, not a checkpoint dict")
@@ -169,20 +174,6 @@ def _load_state_dict(src):
             raise ValueError(f"{src!r}: 'state_dict' is a {type(state_dict).__name__}, not a dict")
         return state_dict
     return checkpoint
-
-
-def _atomic_torch_save(obj, dst):
-    folder = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def convert_swav_checkpoint(src, dst, overwrite=False):
@@ -201,7 +192,8 @@ def convert_swav_checkpoint(src, dst, overwrite=False):
     state_dict = _load_state_dict(src)
     _, dropped = _split_state_dict(state_dict)
     converted = convert_swav_state_dict(state_dict)
-    _atomic_torch_save({"model": converted, "__author__": AUTHOR, "matching_heuristics": False}, dst)
+    with atomic_write(dst) as f:
+        torch.save({"model": converted, "__author__": AUTHOR, "matching_heuristics": False}, f)
     return {"converted": list(converted), "dropped": dropped}
 
 

@@ -1,0 +1,120 @@
+"""
+Soak test: a mini pretraining with many prior refreshes, the process's resident memory after each one::
+
+    python -m joindet.benchmarks.soak [--iters 60] [--period 5] [--num-images 100] [--json soak.json] \\
+        [--output-dir output/soak] [KEY VALUE ...]
+
+It runs ``configs/mini/pretrain_synth.yaml`` in this process (one training process, the CPU) with
+``SOLVER.MAX_ITER --iters`` and a refresh every ``--period`` iterations, on a synthetic set of
+``--num-images`` images kept in its own folder under the output folder (the shared synthetic cache is
+not touched); trailing ``KEY VALUE`` pairs override the config. After every refresh (and a
+``gc.collect()``) it records the resident set size (``VmRSS``), before and after glibc's ``malloc_trim``
+(which returns freed heap to the system: what remains is memory in use), and prints a table: refresh,
+iteration, bank version, both RSS figures in MiB, and their growth since the second refresh (the first
+refreshes still allocate lasting buffers: the model's autograd and allocator caches, the data loader). A leak shows as growth that
+keeps rising with every refresh; the target is a few percent at most after the second one.
+"""
+import argparse
+import ctypes
+import gc
+import os
+import time
+from typing import Optional, Sequence
+
+from joindet.benchmarks import markdown_table, write_rows
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "mini", "pretrain_synth.yaml")
+
+
+def rss_mib():
+    """This process's resident set size now (Linux ``/proc/self/status``), in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("VmRSS not found in /proc/self/status")
+
+
+def malloc_trim():
+    """Ask glibc to give freed heap memory back to the system (``malloc_trim(0)``); False where that is not
+    available (another C library). RSS after it counts memory in use; RSS before it also counts freed
+    memory the allocator keeps for reuse, which grows with fragmentation but is not a leak."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m joindet.benchmarks.soak", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config-file", default=os.path.normpath(CONFIG))
+    p.add_argument("--iters", type=int, default=60, help="training iterations (default 60)")
+    p.add_argument("--period", type=int, default=5, help="iterations between refreshes (default 5)")
+    p.add_argument("--num-images", type=int, default=100, help="synthetic training images (default 100)")
+    p.add_argument("--output-dir", default="output/soak")
+    p.add_argument("--json", default="", help="write the rows here")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None):
+    args = build_parser().parse_args(argv)
+    if args.period < 1 or args.iters <= args.period:
+        raise SystemExit(f"--period must be >= 1 and below --iters, got {args.period} and {args.iters}")
+    from detectron2.config import get_cfg
+
+    from joindet.config import add_joindet_config, resolve_epochs, validate_config
+    from joindet.data.datasets import register_datasets
+    from joindet.engine.pretrain import JoinDetTrainer
+
+    cfg = get_cfg()
+    add_joindet_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    out = os.path.abspath(args.output_dir)
+    cfg.merge_from_list([
+        "SOLVER.MAX_ITER", str(args.iters), "JOINDET.UPDATE_PERIOD_ITERS", str(args.period),
+        "SOLVER.CHECKPOINT_PERIOD", str(10 * args.iters), "DATASETS.SYNTHETIC.NUM_TRAIN", str(args.num_images),
+        "DATASETS.SYNTHETIC.ROOT", os.path.join(out, "synthetic"), "JOINDET.PRIORS.EVAL_DATASET", "",
+        "OUTPUT_DIR", os.path.join(out, "run"), *args.opts,
+    ])
+    validate_config(cfg)
+    register_datasets(cfg)
+    resolve_epochs(cfg, args.num_images)
+    trainer = JoinDetTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+
+    rows = []
+    hook = trainer.prior_hook
+    refresh = hook.refresh
+    start = time.perf_counter()
+
+    def measured_refresh():
+        refresh()
+        gc.collect()
+        row = {"refresh": len(rows) + 1, "iteration": trainer.iter + 1, "version": hook.active.version,
+               "rss_mib": round(rss_mib(), 1)}
+        row["rss_trimmed_mib"] = round(rss_mib(), 1) if malloc_trim() else None
+        row["elapsed_s"] = round(time.perf_counter() - start, 1)
+        rows.append(row)
+        print(f"refresh {row['refresh']} at iteration {row['iteration']}: RSS {row['rss_mib']} MiB, "
+              f"{row['rss_trimmed_mib']} MiB after malloc_trim", flush=True)
+
+    hook.refresh = measured_refresh
+    trainer.train()
+    for key, growth in (("rss_mib", "growth_since_2nd_pct"), ("rss_trimmed_mib", "trimmed_growth_since_2nd_pct")):
+        base = rows[1][key] if len(rows) >= 2 else None
+        for r in rows:
+            r[growth] = (round(100.0 * (r[key] - base) / base, 2)
+                         if base is not None and r[key] is not None and r["refresh"] >= 2 else None)
+    print(markdown_table(rows, ["refresh", "iteration", "version", "rss_mib", "growth_since_2nd_pct",
+                                "rss_trimmed_mib", "trimmed_growth_since_2nd_pct", "elapsed_s"]))
+    write_rows(args.json, rows)
+    return rows
+
+
+if __name__ == "__main__":
+    from detectron2.utils.logger import setup_logger
+
+    setup_logger(name="joindet")  # here, not in main(): a caller (e.g. a test) keeps its own logging
+    main()

@@ -1,0 +1,1 @@
+"""Small utilities shared by the whole package (file writing, safe loading)."""
