@@ -6,6 +6,7 @@ bank version intact."""
 
 import errno
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -255,5 +256,7 @@ def test_soak_benchmark_smoke(synthetic_cache, tmp_path, one_torch_thread):
     assert [r["iteration"] for r in rows] == [2, 4, 6]
     assert [r["version"] for r in rows] == [1, 2, 3]
     assert all(r["rss_mib"] > 0 for r in rows)
+    if platform.libc_ver()[0] == "glibc":  # malloc_trim exists: the trimmed figure is measured too
+        assert all(0 < r["rss_trimmed_mib"] <= r["rss_mib"] + 1 for r in rows)
     assert rows[0]["growth_since_2nd_pct"] is None and rows[1]["growth_since_2nd_pct"] == 0.0
     assert (tmp_path / "soak" / "synthetic").is_dir()  # its own synthetic set, not the shared cache
