@@ -268,6 +268,14 @@ def add_joindet_config(cfg):
     _C.DATASETS.SYNTHETIC.NUM_VAL = 100  # images in synth_val
     _C.DATASETS.SYNTHETIC.IMAGE_SIZE = 256  # side of the square synthetic images
     _C.DATASETS.SYNTHETIC.SEED = 0  # generator seed
+
+    # ---------------------------------------------------------------- built-in clutter data (joindet.data.clutter)
+    _C.DATASETS.CLUTTER = CN()
+    _C.DATASETS.CLUTTER.ROOT = ""  # cache folder; "" = $JOINDET_CACHE/clutter or ~/.cache/joindet/clutter
+    _C.DATASETS.CLUTTER.NUM_TRAIN = 400  # images in clutter_train (and clutter_train_unlabeled)
+    _C.DATASETS.CLUTTER.NUM_VAL = 100  # images in clutter_val
+    _C.DATASETS.CLUTTER.IMAGE_SIZE = 256  # side of the square clutter images
+    _C.DATASETS.CLUTTER.SEED = 0  # generator seed
     return cfg
 
 
@@ -356,6 +364,11 @@ CONFIG_RULES = {
     "DATASETS.SYNTHETIC.NUM_VAL": Integer(ge=1),
     "DATASETS.SYNTHETIC.IMAGE_SIZE": Integer(ge=32),
     "DATASETS.SYNTHETIC.SEED": Integer(ge=0),
+    "DATASETS.CLUTTER.ROOT": Text(),
+    "DATASETS.CLUTTER.NUM_TRAIN": Integer(ge=1),
+    "DATASETS.CLUTTER.NUM_VAL": Integer(ge=1),
+    "DATASETS.CLUTTER.IMAGE_SIZE": Integer(ge=32),
+    "DATASETS.CLUTTER.SEED": Integer(ge=0),
 }
 
 

@@ -262,7 +262,7 @@ def test_register_transfer_datasets(synthetic_cache, tmp_path):
     """Registration reads nothing: COCO and VOC are absent here; the synthetic subset loads."""
     registered = register_transfer_datasets(tmp_path / "low", tmp_path / "voc")
     assert registered == ["coco_2017_train_1pct", "coco_2017_train_10pct", "synth_train_1pct",
-                          "synth_train_10pct", "voc_2007_test_coco"]
+                          "synth_train_10pct", "clutter_train_1pct", "clutter_train_10pct", "voc_2007_test_coco"]
     meta = MetadataCatalog.get("coco_2017_train_10pct")
     assert meta.evaluator_type == "coco" and meta.json_file == MetadataCatalog.get("coco_2017_train").json_file
     assert len(meta.thing_classes) == 80 and meta.low_data_fraction == 0.1 and meta.low_data_seed == 0

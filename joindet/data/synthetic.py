@@ -26,8 +26,17 @@ visible pixels, and its ``area`` is the number of those pixels (as COCO's segmen
 On disk (``generate_synthetic_split``): ``root/<split>/NNNNNN.jpg`` (JPEG, quality 95, 4:4:4
 chroma) and ``root/<split>.json`` in COCO format (category ids 1..K in ``SHAPE_CLASSES`` order,
 image and annotation ids from 1, integer XYWH boxes, the generation settings in ``info``).
+
+Shared machinery. Every built-in generated domain (these shapes; the small objects in clutter of
+``joindet.data.clutter``) is a :class:`SyntheticDomain`: its class names, its version and its
+``render(rng, image_size, min_objects, max_objects)`` function. One implementation, here, turns a
+domain into files and datasets: the per-image seed streams, the COCO JSON, the cache check, the
+temporary-folder + rename write under an inter-process lock (``generate_split``), the cache folders
+(``default_cache_root``, ``synthetic_dir_name``) and the Detectron2 registration (``register_domain``).
+``generate_synthetic_split`` and ``register_synthetic`` are that machinery applied to ``SHAPES``.
 """
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -36,6 +45,7 @@ import os
 import shutil
 import tempfile
 import zlib
+from typing import Callable, Tuple
 
 import cv2
 import numpy as np
@@ -44,10 +54,15 @@ from PIL import Image
 __all__ = [
     "SHAPE_CLASSES",
     "MIN_VISIBLE_FRACTION",
+    "SyntheticDomain",
+    "SHAPES",
     "render_synthetic_image",
+    "generate_split",
     "generate_synthetic_split",
+    "default_cache_root",
     "default_synthetic_root",
     "synthetic_dir_name",
+    "register_domain",
     "register_synthetic",
 ]
 
@@ -95,9 +110,9 @@ def _check_split(split):
     return split
 
 
-def _check_object_counts(min_objects, max_objects):
-    min_objects = _check_int("min_objects", min_objects, 1, _MAX_OBJECTS)
-    max_objects = _check_int("max_objects", max_objects, 1, _MAX_OBJECTS)
+def _check_object_counts(min_objects, max_objects, limit=_MAX_OBJECTS):
+    min_objects = _check_int("min_objects", min_objects, 1, limit)
+    max_objects = _check_int("max_objects", max_objects, 1, limit)
     if min_objects > max_objects:
         raise ValueError(f"min_objects ({min_objects}) must be <= max_objects ({max_objects})")
     return min_objects, max_objects
@@ -222,22 +237,23 @@ def _texture(rng, kind, height, width, centre_offset, angle, scale):
     raise ValueError(f"unknown texture {kind!r}")
 
 
-def _pick_colour(rng, background_mean, neighbour_colours, amplitude):
+def _pick_colour(rng, background_mean, neighbour_colours, amplitude,
+                 min_background_distance=_MIN_BACKGROUND_DISTANCE, min_object_distance=_MIN_OBJECT_DISTANCE):
     """An object colour (float64 (3,)) contrasted from the background and overlapped objects.
 
     Every texture extreme (colour - amplitude, colour, colour + amplitude, clipped) must be at
-    least ``_MIN_BACKGROUND_DISTANCE`` from ``background_mean``; the colour must be at least
-    ``_MIN_OBJECT_DISTANCE`` from each of ``neighbour_colours``. Among random candidates the first
+    least ``min_background_distance`` from ``background_mean``; the colour must be at least
+    ``min_object_distance`` from each of ``neighbour_colours``. Among random candidates the first
     that passes is taken, else the one with the largest margin.
     """
     candidates = rng.integers(0, 256, (_COLOUR_CANDIDATES, 3)).astype(np.float64)
     extremes = np.clip(candidates[:, None, :] + np.array([-amplitude, 0.0, amplitude])[None, :, None], 0, 255)
-    bg_margin = np.linalg.norm(extremes - background_mean, axis=2).min(axis=1) - _MIN_BACKGROUND_DISTANCE
+    bg_margin = np.linalg.norm(extremes - background_mean, axis=2).min(axis=1) - min_background_distance
     margin = bg_margin
     if neighbour_colours:
         others = np.asarray(neighbour_colours, np.float64)
         obj_dist = np.linalg.norm(candidates[:, None, :] - others[None], axis=2).min(axis=1)
-        margin = np.minimum(margin, obj_dist - _MIN_OBJECT_DISTANCE)
+        margin = np.minimum(margin, obj_dist - min_object_distance)
     passing = np.flatnonzero(margin >= 0)
     return candidates[passing[0] if passing.size else int(np.argmax(margin))]
 
@@ -322,6 +338,56 @@ def render_synthetic_image(rng, image_size, min_objects=1, max_objects=5):
     return image, instances
 
 
+# --------------------------------------------------------------------------- domains
+@dataclasses.dataclass(frozen=True)
+class SyntheticDomain:
+    """One built-in generated domain: everything the shared files-and-registration machinery
+    (``generate_split``, ``register_domain``) needs to know about it.
+
+    Attributes:
+        name: short name, e.g. ``"shapes"``; recorded in the registered metadata.
+        description: the COCO ``info.description`` (part of the cache key: two domains never share
+            a cached split).
+        classes: category names; COCO ids ``1..K`` in this order, contiguous ids ``0..K-1``.
+        supercategory: the COCO ``supercategory`` of every category.
+        version: bumped whenever the drawing changes, so that cached splits of older code are redrawn.
+        render: ``render(rng, image_size, min_objects, max_objects) -> (image, instances)``: ``image``
+            uint8 (S, S, 3) RGB, ``instances`` dicts with ``category_id`` (1..K), ``bbox`` (integer
+            XYWH inside the image) and ``area``; ``rng`` (``numpy.random.Generator``) is the only
+            source of randomness.
+        default_objects: the (min, max) number of objects per image of the registered datasets.
+        objects_limit: the largest ``max_objects`` accepted.
+        cache_name: subfolder of the JoinDet cache holding this domain's splits (``default_cache_root``).
+        dir_prefix: prefix of the per-settings folder (``synthetic_dir_name``), so that the domains'
+            folders differ even when one root is given to both.
+    """
+
+    name: str
+    description: str
+    classes: Tuple[str, ...]
+    supercategory: str
+    version: int
+    render: Callable
+    default_objects: Tuple[int, int] = (1, 5)
+    objects_limit: int = _MAX_OBJECTS
+    cache_name: str = "synthetic"
+    dir_prefix: str = ""
+
+
+SHAPES = SyntheticDomain(
+    name="shapes",
+    description="JoinDet synthetic shapes",
+    classes=SHAPE_CLASSES,
+    supercategory="shape",
+    version=_GENERATOR_VERSION,
+    render=render_synthetic_image,
+    default_objects=(1, 5),
+    objects_limit=_MAX_OBJECTS,
+    cache_name="synthetic",
+    dir_prefix="",
+)
+
+
 # --------------------------------------------------------------------------- files on disk
 def _image_seed_sequence(seed, split, index):
     """The random stream of image ``index`` of a split: child ``index`` of SeedSequence([seed,
@@ -329,10 +395,10 @@ def _image_seed_sequence(seed, split, index):
     return np.random.SeedSequence([seed, zlib.crc32(split.encode("utf-8"))], spawn_key=(index,))
 
 
-def _split_info(split, num_images, image_size, seed, min_objects, max_objects):
+def _split_info(domain, split, num_images, image_size, seed, min_objects, max_objects):
     return {
-        "description": "JoinDet synthetic shapes",
-        "generator_version": _GENERATOR_VERSION,
+        "description": domain.description,
+        "generator_version": domain.version,
         "split": split,
         "num_images": num_images,
         "image_size": image_size,
@@ -373,16 +439,14 @@ def _exclusive_lock(path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _write_split(out_dir, split, info):
+def _write_split(domain, out_dir, split, info):
     """Draw every image of a split into ``out_dir/<split>/`` and write ``out_dir/<split>.json``."""
     image_dir = os.path.join(out_dir, split)
     os.makedirs(image_dir)
     images, annotations = [], []
     for index in range(info["num_images"]):
         rng = np.random.default_rng(_image_seed_sequence(info["seed"], split, index))
-        image, instances = render_synthetic_image(
-            rng, info["image_size"], info["min_objects"], info["max_objects"]
-        )
+        image, instances = domain.render(rng, info["image_size"], info["min_objects"], info["max_objects"])
         file_name = f"{index:06d}.jpg"
         Image.fromarray(image).save(
             os.path.join(image_dir, file_name), format="JPEG", quality=_JPEG_QUALITY, subsampling=0
@@ -402,7 +466,8 @@ def _write_split(out_dir, split, info):
         "info": info,
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPE_CLASSES)],
+        "categories": [{"id": i + 1, "name": n, "supercategory": domain.supercategory}
+                       for i, n in enumerate(domain.classes)],
     }
     json_path = os.path.join(out_dir, f"{split}.json")
     with open(json_path, "w", encoding="utf-8") as f:
@@ -410,18 +475,21 @@ def _write_split(out_dir, split, info):
     return image_dir, json_path
 
 
-def generate_synthetic_split(root, split, num_images, image_size=256, seed=0, min_objects=1, max_objects=5):
-    """Write one split of the synthetic dataset (or reuse it) and return its COCO JSON path.
+def generate_split(domain, root, split, num_images, image_size=256, seed=0, min_objects=None, max_objects=None):
+    """Write one split of ``domain`` (a :class:`SyntheticDomain`) or reuse it; return its COCO JSON path.
 
-    Writes ``root/<split>/000000.jpg ...`` and ``root/<split>.json`` (see the module docstring).
-    Image ``i`` is drawn from its own generator derived from ``(seed, split, i)``: the same
-    arguments give byte-identical files, and different splits never share images.
+    Writes ``root/<split>/000000.jpg ...`` (JPEG, quality 95, 4:4:4 chroma) and ``root/<split>.json``
+    (COCO: category ids 1..K in ``domain.classes`` order, image and annotation ids from 1, the
+    generation settings in ``info``). Image ``i`` is drawn from its own generator derived from
+    ``(seed, split, i)``: the same arguments give byte-identical files, and different splits never
+    share images. ``min_objects`` / ``max_objects`` default to ``domain.default_objects``.
 
-    Caching and atomicity: if ``root/<split>.json`` already exists with the same settings and all
-    its images are present, nothing is written. Otherwise the split is generated in a temporary
-    folder inside ``root`` and moved into place with renames, the JSON last, so an interrupted
-    run never leaves a split that looks complete. A lock file ``root/.<split>.lock`` keeps
-    concurrent processes (e.g. several ranks) from generating the same split twice.
+    Caching and atomicity: if ``root/<split>.json`` already exists with the same settings (domain
+    and its version included) and all its images are present, nothing is written. Otherwise the
+    split is generated in a temporary folder inside ``root`` and moved into place with renames,
+    the JSON last, so an interrupted run never leaves a split that looks complete. A lock file
+    ``root/.<split>.lock`` keeps concurrent processes (e.g. several ranks) from generating the
+    same split twice.
 
     Returns:
         str: absolute path of ``root/<split>.json``.
@@ -430,12 +498,14 @@ def generate_synthetic_split(root, split, num_images, image_size=256, seed=0, mi
     num_images = _check_int("num_images", num_images, 1)
     image_size = _check_int("image_size", image_size, 32, _MAX_IMAGE_SIZE)
     seed = _check_int("seed", seed, 0)
-    min_objects, max_objects = _check_object_counts(min_objects, max_objects)
+    min_objects = domain.default_objects[0] if min_objects is None else min_objects
+    max_objects = domain.default_objects[1] if max_objects is None else max_objects
+    min_objects, max_objects = _check_object_counts(min_objects, max_objects, domain.objects_limit)
     if root is None:
         raise ValueError("root must be a directory path, got None")
     root = os.path.abspath(os.path.expanduser(os.fspath(root)))
 
-    info = _split_info(split, num_images, image_size, seed, min_objects, max_objects)
+    info = _split_info(domain, split, num_images, image_size, seed, min_objects, max_objects)
     json_path = os.path.join(root, f"{split}.json")
     image_dir = os.path.join(root, split)
     if _split_is_complete(json_path, image_dir, info):
@@ -451,7 +521,7 @@ def generate_synthetic_split(root, split, num_images, image_size=256, seed=0, mi
                 shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
         tmp_dir = tempfile.mkdtemp(prefix=tmp_prefix, dir=root)
         try:
-            new_images, new_json = _write_split(tmp_dir, split, info)
+            new_images, new_json = _write_split(domain, tmp_dir, split, info)
             # The JSON marks a split complete: remove a stale one first and move the new one last.
             if os.path.lexists(json_path):
                 os.remove(json_path)
@@ -464,32 +534,45 @@ def generate_synthetic_split(root, split, num_images, image_size=256, seed=0, mi
     return json_path
 
 
+def generate_synthetic_split(root, split, num_images, image_size=256, seed=0, min_objects=1, max_objects=5):
+    """Write one split of the synthetic shapes dataset (or reuse it) and return its COCO JSON path:
+    ``generate_split(SHAPES, ...)`` (see there and the module docstring)."""
+    return generate_split(SHAPES, root, split, num_images, image_size, seed, min_objects, max_objects)
+
+
+def default_cache_root(cache_name="synthetic"):
+    """``$JOINDET_CACHE/<cache_name>`` if ``JOINDET_CACHE`` is set (non-empty), else
+    ``~/.cache/joindet/<cache_name>``."""
+    cache = os.environ.get("JOINDET_CACHE")
+    base = os.path.expanduser(cache) if cache else os.path.join(os.path.expanduser("~"), ".cache", "joindet")
+    return os.path.join(base, cache_name)
+
+
 def default_synthetic_root():
     """``$JOINDET_CACHE/synthetic`` if ``JOINDET_CACHE`` is set (non-empty), else
     ``~/.cache/joindet/synthetic``."""
-    cache = os.environ.get("JOINDET_CACHE")
-    base = os.path.expanduser(cache) if cache else os.path.join(os.path.expanduser("~"), ".cache", "joindet")
-    return os.path.join(base, "synthetic")
+    return default_cache_root(SHAPES.cache_name)
 
 
-def synthetic_dir_name(num_images, image_size, seed):
-    """Cache folder name of a split with these settings, e.g. ``n400_s256_seed0``."""
+def synthetic_dir_name(num_images, image_size, seed, domain=SHAPES):
+    """Cache folder name of a split with these settings: ``domain.dir_prefix`` +
+    ``n<num>_s<size>_seed<seed>``, e.g. ``n400_s256_seed0`` for the shapes."""
     num_images = _check_int("num_images", num_images, 1)
     image_size = _check_int("image_size", image_size, 32, _MAX_IMAGE_SIZE)
     seed = _check_int("seed", seed, 0)
-    return f"n{num_images}_s{image_size}_seed{seed}"
+    return f"{domain.dir_prefix}n{num_images}_s{image_size}_seed{seed}"
 
 
 # --------------------------------------------------------------------------- Detectron2 registration
-def _load_labeled(root, split, num_images, image_size, seed, dataset_name):
+def _load_labeled(domain, root, split, num_images, image_size, seed, dataset_name):
     from detectron2.data.datasets import load_coco_json
 
-    json_file = generate_synthetic_split(root, split, num_images, image_size, seed)
+    json_file = generate_split(domain, root, split, num_images, image_size, seed)
     return load_coco_json(json_file, os.path.join(root, split), dataset_name)
 
 
-def _load_unlabeled(root, split, num_images, image_size, seed):
-    json_file = generate_synthetic_split(root, split, num_images, image_size, seed)
+def _load_unlabeled(domain, root, split, num_images, image_size, seed):
+    json_file = generate_split(domain, root, split, num_images, image_size, seed)
     with open(json_file, encoding="utf-8") as f:
         images = json.load(f)["images"]
     image_root = os.path.join(root, split)
@@ -504,20 +587,22 @@ def _load_unlabeled(root, split, num_images, image_size, seed):
     ]
 
 
-def register_synthetic(name_prefix="synth", root=None, num_train=400, num_val=100, image_size=256, seed=0):
-    """Register the synthetic dataset in Detectron2's ``DatasetCatalog`` and ``MetadataCatalog``.
+def register_domain(domain, name_prefix, root=None, num_train=400, num_val=100, image_size=256, seed=0):
+    """Register a generated domain (a :class:`SyntheticDomain`) in Detectron2's ``DatasetCatalog``
+    and ``MetadataCatalog``.
 
     Names: ``<prefix>_train`` and ``<prefix>_val`` (loaded with ``load_coco_json``: XYWH_ABS boxes,
     category ids mapped to 0..K-1) and ``<prefix>_train_unlabeled`` (the train images as dicts with
-    file_name/height/width/image_id only). Splits are generated on first load, under
-    ``root/<synthetic_dir_name(n, image_size, seed)>/`` (``root`` defaults to
-    ``default_synthetic_root()``). Train and val come from different random streams.
+    file_name/height/width/image_id only). Splits are generated on first load (with the domain's
+    default object counts), under ``root/<synthetic_dir_name(n, image_size, seed, domain)>/``
+    (``root`` defaults to ``default_cache_root(domain.cache_name)``). Train and val come from
+    different random streams.
 
     Metadata of train/val: thing_classes, thing_dataset_id_to_contiguous_id, json_file,
     image_root, evaluator_type="coco"; of the unlabeled view: thing_classes, image_root,
-    labeled_dataset (the train name). Every entry also records ``synthetic_settings``:
-    registering a name again with the same settings does nothing, with different settings it
-    replaces the old entry in both catalogs.
+    labeled_dataset (the train name). Every entry also records ``synthetic_settings`` (the domain's
+    name and version among them): registering a name again with the same settings does nothing,
+    with different settings it replaces the old entry in both catalogs.
 
     Returns:
         tuple[str, str, str]: the train, val and unlabeled dataset names.
@@ -530,32 +615,33 @@ def register_synthetic(name_prefix="synth", root=None, num_train=400, num_val=10
     num_val = _check_int("num_val", num_val, 1)
     image_size = _check_int("image_size", image_size, 32, _MAX_IMAGE_SIZE)
     seed = _check_int("seed", seed, 0)
-    root = os.path.abspath(os.path.expanduser(os.fspath(default_synthetic_root() if root is None else root)))
+    root = default_cache_root(domain.cache_name) if root is None else root
+    root = os.path.abspath(os.path.expanduser(os.fspath(root)))
 
     settings = {
-        "root": root, "num_train": num_train, "num_val": num_val, "image_size": image_size,
-        "seed": seed, "generator_version": _GENERATOR_VERSION,
+        "domain": domain.name, "root": root, "num_train": num_train, "num_val": num_val,
+        "image_size": image_size, "seed": seed, "generator_version": domain.version,
     }
-    train_root = os.path.join(root, synthetic_dir_name(num_train, image_size, seed))
-    val_root = os.path.join(root, synthetic_dir_name(num_val, image_size, seed))
+    train_root = os.path.join(root, synthetic_dir_name(num_train, image_size, seed, domain))
+    val_root = os.path.join(root, synthetic_dir_name(num_val, image_size, seed, domain))
     train_name, val_name = f"{name_prefix}_train", f"{name_prefix}_val"
     unlabeled_name = f"{name_prefix}_train_unlabeled"
-    classes = list(SHAPE_CLASSES)
-    id_map = {i + 1: i for i in range(len(SHAPE_CLASSES))}
+    classes = list(domain.classes)
+    id_map = {i + 1: i for i in range(len(classes))}
 
     entries = {
         train_name: (
-            functools.partial(_load_labeled, train_root, "train", num_train, image_size, seed, train_name),
+            functools.partial(_load_labeled, domain, train_root, "train", num_train, image_size, seed, train_name),
             {"json_file": os.path.join(train_root, "train.json"), "image_root": os.path.join(train_root, "train"),
              "evaluator_type": "coco", "thing_dataset_id_to_contiguous_id": id_map},
         ),
         val_name: (
-            functools.partial(_load_labeled, val_root, "val", num_val, image_size, seed, val_name),
+            functools.partial(_load_labeled, domain, val_root, "val", num_val, image_size, seed, val_name),
             {"json_file": os.path.join(val_root, "val.json"), "image_root": os.path.join(val_root, "val"),
              "evaluator_type": "coco", "thing_dataset_id_to_contiguous_id": id_map},
         ),
         unlabeled_name: (
-            functools.partial(_load_unlabeled, train_root, "train", num_train, image_size, seed),
+            functools.partial(_load_unlabeled, domain, train_root, "train", num_train, image_size, seed),
             {"image_root": os.path.join(train_root, "train"), "labeled_dataset": train_name},
         ),
     }
@@ -569,3 +655,14 @@ def register_synthetic(name_prefix="synth", root=None, num_train=400, num_val=10
         DatasetCatalog.register(name, loader)
         MetadataCatalog.get(name).set(thing_classes=classes, synthetic_settings=settings, **metadata)
     return train_name, val_name, unlabeled_name
+
+
+def register_synthetic(name_prefix="synth", root=None, num_train=400, num_val=100, image_size=256, seed=0):
+    """Register the synthetic shapes dataset: ``register_domain(SHAPES, ...)`` (see there), i.e.
+    ``<prefix>_train``, ``<prefix>_val`` and ``<prefix>_train_unlabeled`` under
+    ``root/<synthetic_dir_name(n, image_size, seed)>/`` (``root`` defaults to ``default_synthetic_root()``).
+
+    Returns:
+        tuple[str, str, str]: the train, val and unlabeled dataset names.
+    """
+    return register_domain(SHAPES, name_prefix, root, num_train, num_val, image_size, seed)

@@ -70,6 +70,8 @@ LOW_DATA_SUBSETS = (
     ("coco_2017_train_10pct", "coco_2017_train", 0.10),
     ("synth_train_1pct", "synth_train", 0.01),
     ("synth_train_10pct", "synth_train", 0.10),
+    ("clutter_train_1pct", "clutter_train", 0.01),
+    ("clutter_train_10pct", "clutter_train", 0.10),
 )
 # VOC sets registered as "<name>_coco" views scored with COCO AP.
 VOC_COCO_SOURCES = ("voc_2007_test",)
@@ -387,9 +389,10 @@ def register_low_data(name, source, fraction, seed=0, out_dir=None):
 def register_transfer_datasets(low_data_dir=None, voc_json_dir=None):
     """Register the transfer datasets (cheap: nothing is loaded, apart from a one-time VOC conversion).
 
-    * ``coco_2017_train_1pct``, ``coco_2017_train_10pct`` (seed 0) and, when ``synth_train`` is
-      registered (call this after ``register_synthetic``), ``synth_train_10pct`` (seed 0), with
-      split files in ``low_data_dir``;
+    * ``coco_2017_train_1pct``, ``coco_2017_train_10pct`` (seed 0) and, when ``synth_train`` /
+      ``clutter_train`` are registered (call this after ``register_synthetic`` / ``register_clutter``),
+      ``synth_train_1pct``, ``synth_train_10pct``, ``clutter_train_1pct``, ``clutter_train_10pct``
+      (seed 0), with split files in ``low_data_dir``;
     * ``voc_2007_test_coco`` (COCO-AP view of ``voc_2007_test``), its JSON in ``voc_json_dir``.
 
     Sources that are not registered are skipped. Both folders default to
