@@ -21,6 +21,8 @@ from collections.abc import Sequence
 
 from detectron2.config import CfgNode as CN
 
+from .data.synthetic import GENERATED_SET_DEFAULTS as _GENERATED  # the defaults of DATASETS.SYNTHETIC / CLUTTER
+
 __all__ = [
     "add_joindet_config",
     "CONFIG_RULES",
@@ -264,18 +266,18 @@ def add_joindet_config(cfg):
     # ---------------------------------------------------------------- built-in synthetic data
     _C.DATASETS.SYNTHETIC = CN()
     _C.DATASETS.SYNTHETIC.ROOT = ""  # cache folder; "" = $JOINDET_CACHE/synthetic or ~/.cache/joindet/synthetic
-    _C.DATASETS.SYNTHETIC.NUM_TRAIN = 400  # images in synth_train (and synth_train_unlabeled)
-    _C.DATASETS.SYNTHETIC.NUM_VAL = 100  # images in synth_val
-    _C.DATASETS.SYNTHETIC.IMAGE_SIZE = 256  # side of the square synthetic images
-    _C.DATASETS.SYNTHETIC.SEED = 0  # generator seed
+    _C.DATASETS.SYNTHETIC.NUM_TRAIN = _GENERATED["num_train"]  # images in synth_train (and synth_train_unlabeled)
+    _C.DATASETS.SYNTHETIC.NUM_VAL = _GENERATED["num_val"]  # images in synth_val
+    _C.DATASETS.SYNTHETIC.IMAGE_SIZE = _GENERATED["image_size"]  # side of the square synthetic images
+    _C.DATASETS.SYNTHETIC.SEED = _GENERATED["seed"]  # generator seed
 
     # ---------------------------------------------------------------- built-in clutter data (joindet.data.clutter)
     _C.DATASETS.CLUTTER = CN()
     _C.DATASETS.CLUTTER.ROOT = ""  # cache folder; "" = $JOINDET_CACHE/clutter or ~/.cache/joindet/clutter
-    _C.DATASETS.CLUTTER.NUM_TRAIN = 400  # images in clutter_train (and clutter_train_unlabeled)
-    _C.DATASETS.CLUTTER.NUM_VAL = 100  # images in clutter_val
-    _C.DATASETS.CLUTTER.IMAGE_SIZE = 256  # side of the square clutter images
-    _C.DATASETS.CLUTTER.SEED = 0  # generator seed
+    _C.DATASETS.CLUTTER.NUM_TRAIN = _GENERATED["num_train"]  # images in clutter_train (and clutter_train_unlabeled)
+    _C.DATASETS.CLUTTER.NUM_VAL = _GENERATED["num_val"]  # images in clutter_val
+    _C.DATASETS.CLUTTER.IMAGE_SIZE = _GENERATED["image_size"]  # side of the square clutter images
+    _C.DATASETS.CLUTTER.SEED = _GENERATED["seed"]  # generator seed
     return cfg
 
 

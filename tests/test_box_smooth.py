@@ -278,7 +278,7 @@ def test_bad_shapes():
     s = np.float32([0.5, 0.5, 0.5])
     with pytest.raises(ValueError, match="disagree"):
         smooth_priors(b, s[:2], b, s)
-    with pytest.raises(ValueError, match=r"\(n, 4\)"):
+    with pytest.raises(ValueError, match=r"\(k, 4\)"):
         smooth_priors(b, s, b[:, :3], s)
     with pytest.raises(ValueError, match="x2 >= x1"):
         smooth_priors(b[:, [2, 1, 0, 3]], s, b, s)

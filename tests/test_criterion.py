@@ -1,5 +1,5 @@
 """SetCriterion (focal / L1 / GIoU losses, aux and two-stage suffixes, num_boxes normalisation),
-build_weight_dict and the box_ops conversions, against hand-computed values."""
+build_weight_dict, against hand-computed values."""
 
 import math
 
@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from joindet.modeling import criterion as criterion_module
-from joindet.modeling.box_ops import box_cxcywh_norm_to_xyxy_abs, box_xyxy_abs_to_cxcywh_norm
 from joindet.modeling.criterion import SetCriterion, build_weight_dict
 from joindet.modeling.matcher import HungarianMatcher
 
@@ -254,20 +253,3 @@ def test_class_count_mismatch_is_an_error():
     outputs = {"pred_logits": torch.zeros(1, 2, 3), "pred_boxes": torch.full((1, 2, 4), 0.5)}
     with pytest.raises(ValueError, match="classes"):
         _criterion(2)(outputs, [{"labels": torch.tensor([0]), "boxes": torch.full((1, 4), 0.5)}])
-
-
-def test_box_ops_conversions():
-    norm = torch.tensor([[0.5, 0.25, 0.2, 0.5]])
-    # image 100 high, 200 wide: cx 100, cy 25, w 40, h 50
-    absolute = box_cxcywh_norm_to_xyxy_abs(norm, (100, 200))
-    torch.testing.assert_close(absolute, torch.tensor([[80.0, 0.0, 120.0, 50.0]]))
-    torch.testing.assert_close(box_xyxy_abs_to_cxcywh_norm(absolute, (100, 200)), norm)
-    batched = torch.rand(2, 3, 4)
-    torch.testing.assert_close(
-        box_xyxy_abs_to_cxcywh_norm(box_cxcywh_norm_to_xyxy_abs(batched, (64, 48)), (64, 48)),
-        batched,
-    )
-    with pytest.raises(ValueError, match="positive"):
-        box_cxcywh_norm_to_xyxy_abs(norm, (0, 10))
-    with pytest.raises(ValueError, match=r"\(\.\.\., 4\)"):
-        box_xyxy_abs_to_cxcywh_norm(torch.zeros(2, 5), (10, 10))

@@ -71,6 +71,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from .synthetic import GENERATED_SET_DEFAULTS as _D
 from .synthetic import (
     _MAX_IMAGE_SIZE,
     MIN_VISIBLE_FRACTION,
@@ -458,7 +459,7 @@ CLUTTER = SyntheticDomain(
 
 
 # --------------------------------------------------------------------------- files and registration
-def generate_clutter_split(root, split, num_images, image_size=256, seed=0,
+def generate_clutter_split(root, split, num_images, image_size=_D["image_size"], seed=_D["seed"],
                            min_objects=_DEFAULT_OBJECTS[0], max_objects=_DEFAULT_OBJECTS[1]):
     """Write one split of the clutter dataset (or reuse it) and return its COCO JSON path:
     ``joindet.data.synthetic.generate_split(CLUTTER, ...)`` (same caching, atomic write and lock)."""
@@ -470,7 +471,7 @@ def default_clutter_root():
     return default_cache_root(CLUTTER.cache_name)
 
 
-def register_clutter(name_prefix="clutter", root=None, num_train=400, num_val=100, image_size=256, seed=0):
+def register_clutter(name_prefix="clutter", root=None, **settings):
     """Register ``<prefix>_train``, ``<prefix>_val`` and ``<prefix>_train_unlabeled`` of the clutter
     domain: ``joindet.data.synthetic.register_domain(CLUTTER, ...)`` (same names, metadata and
     re-registration rules as the shapes set; ``root`` defaults to ``default_clutter_root()``).
@@ -478,4 +479,4 @@ def register_clutter(name_prefix="clutter", root=None, num_train=400, num_val=10
     Returns:
         tuple[str, str, str]: the train, val and unlabeled dataset names.
     """
-    return register_domain(CLUTTER, name_prefix, root, num_train, num_val, image_size, seed)
+    return register_domain(CLUTTER, name_prefix, root, **settings)

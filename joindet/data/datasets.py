@@ -20,24 +20,10 @@ def register_datasets(cfg):
     Detectron2's own built-ins (COCO, VOC, ... under ``$DETECTRON2_DATASETS``) are registered when
     ``detectron2.data`` is imported.
     """
-    s = cfg.DATASETS.SYNTHETIC
-    register_synthetic(
-        name_prefix="synth",
-        root=s.ROOT or None,
-        num_train=s.NUM_TRAIN,
-        num_val=s.NUM_VAL,
-        image_size=s.IMAGE_SIZE,
-        seed=s.SEED,
-    )
-    c = cfg.DATASETS.CLUTTER
-    register_clutter(
-        name_prefix="clutter",
-        root=c.ROOT or None,
-        num_train=c.NUM_TRAIN,
-        num_val=c.NUM_VAL,
-        image_size=c.IMAGE_SIZE,
-        seed=c.SEED,
-    )
+    for register, prefix, c in ((register_synthetic, "synth", cfg.DATASETS.SYNTHETIC),
+                                (register_clutter, "clutter", cfg.DATASETS.CLUTTER)):
+        register(name_prefix=prefix, root=c.ROOT or None, num_train=c.NUM_TRAIN, num_val=c.NUM_VAL,
+                 image_size=c.IMAGE_SIZE, seed=c.SEED)
     for entry in cfg.DATASETS.IMAGE_FOLDERS:
         name, folder = entry.split("=", 1)
         register_image_folder(name.strip(), folder.strip())

@@ -23,6 +23,7 @@ Zero-byte files, files PIL cannot identify, truncated or corrupt data (including
 end-of-image marker, even when ``ImageFile.LOAD_TRUNCATED_IMAGES`` is set), decompression bombs,
 missing files and extreme aspect ratios are :class:`UnusableImage`.
 """
+import contextlib
 import io
 import logging
 import math
@@ -148,10 +149,17 @@ def _open(file_name, fileobj) -> Image.Image:
         raise UnusableImage(file_name, "corrupt", f"{type(e).__name__}: {e}") from e
 
 
-def _decode_failure(file_name, e: Exception) -> UnusableImage:
-    message = f"{type(e).__name__}: {e}"
-    reason = "truncated" if "truncat" in str(e).lower() else "corrupt"
-    return UnusableImage(file_name, reason, message)
+@contextlib.contextmanager
+def _decoding(file_name):
+    """Turn a failure of PIL's decoder inside the block (any exception but MemoryError) into an
+    ``UnusableImage``: "truncated" when PIL's message says so, else "corrupt"."""
+    try:
+        yield
+    except MemoryError:
+        raise
+    except Exception as e:
+        reason = "truncated" if "truncat" in str(e).lower() else "corrupt"
+        raise UnusableImage(file_name, reason, f"{type(e).__name__}: {e}") from e
 
 
 def _jpeg_ends_with_eoi(tail: bytes) -> bool:
@@ -180,12 +188,8 @@ def probe_image(file_name, min_size: int = 1, max_aspect_ratio: float = MAX_ASPE
             width, height = img.size
             image_format = img.format
             orientation = exif_orientation(img)
-            try:
+            with _decoding(file_name):
                 img.verify()
-            except MemoryError:
-                raise
-            except Exception as e:
-                raise _decode_failure(file_name, e) from e
         if image_format == "JPEG":
             f.seek(max(0, size - _JPEG_TAIL_BYTES))
             if not _jpeg_ends_with_eoi(f.read()):
@@ -248,12 +252,8 @@ def read_image(file_name, format: Optional[str] = "RGB", expected_size: Optional
     check_image_geometry(file_name, height, width, max_aspect_ratio=max_aspect_ratio)
     if img.format == "JPEG" and not _jpeg_ends_with_eoi(data):
         raise UnusableImage(file_name, "truncated", "JPEG data has no end-of-image marker")
-    try:
+    with _decoding(file_name):
         img.load()
-    except MemoryError:
-        raise
-    except Exception as e:
-        raise _decode_failure(file_name, e) from e
 
     if orientation != 1:
         img = img.transpose(_TRANSPOSE[orientation])

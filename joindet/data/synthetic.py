@@ -52,6 +52,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
+    "GENERATED_SET_DEFAULTS",
     "SHAPE_CLASSES",
     "MIN_VISIBLE_FRACTION",
     "SyntheticDomain",
@@ -67,6 +68,13 @@ __all__ = [
 ]
 
 SHAPE_CLASSES = ("rectangle", "ellipse", "triangle", "star", "cross", "ring")
+# The default settings of a generated set, of every domain (shapes, clutter): the one place they are
+# written. register_domain (so register_synthetic and register_clutter), generate_split, DATASETS.SYNTHETIC /
+# DATASETS.CLUTTER of joindet/config.py, dataloader.synthetic of the LazyConfigs and the bank tools'
+# --synthetic-* options all take them from here.
+GENERATED_SET_DEFAULTS = {"num_train": 400, "num_val": 100, "image_size": 256, "seed": 0}
+_D = GENERATED_SET_DEFAULTS
+
 MIN_VISIBLE_FRACTION = 0.5  # an annotated object keeps at least this fraction of its pixels
 
 # Bumped whenever the drawing changes, so cached splits from older code are regenerated.
@@ -475,7 +483,8 @@ def _write_split(domain, out_dir, split, info):
     return image_dir, json_path
 
 
-def generate_split(domain, root, split, num_images, image_size=256, seed=0, min_objects=None, max_objects=None):
+def generate_split(domain, root, split, num_images, image_size=_D["image_size"], seed=_D["seed"], min_objects=None,
+                   max_objects=None):
     """Write one split of ``domain`` (a :class:`SyntheticDomain`) or reuse it; return its COCO JSON path.
 
     Writes ``root/<split>/000000.jpg ...`` (JPEG, quality 95, 4:4:4 chroma) and ``root/<split>.json``
@@ -534,7 +543,8 @@ def generate_split(domain, root, split, num_images, image_size=256, seed=0, min_
     return json_path
 
 
-def generate_synthetic_split(root, split, num_images, image_size=256, seed=0, min_objects=1, max_objects=5):
+def generate_synthetic_split(root, split, num_images, image_size=_D["image_size"], seed=_D["seed"], min_objects=1,
+                             max_objects=5):
     """Write one split of the synthetic shapes dataset (or reuse it) and return its COCO JSON path:
     ``generate_split(SHAPES, ...)`` (see there and the module docstring)."""
     return generate_split(SHAPES, root, split, num_images, image_size, seed, min_objects, max_objects)
@@ -587,7 +597,8 @@ def _load_unlabeled(domain, root, split, num_images, image_size, seed):
     ]
 
 
-def register_domain(domain, name_prefix, root=None, num_train=400, num_val=100, image_size=256, seed=0):
+def register_domain(domain, name_prefix, root=None, num_train=_D["num_train"], num_val=_D["num_val"],
+                    image_size=_D["image_size"], seed=_D["seed"]):
     """Register a generated domain (a :class:`SyntheticDomain`) in Detectron2's ``DatasetCatalog``
     and ``MetadataCatalog``.
 
@@ -657,7 +668,7 @@ def register_domain(domain, name_prefix, root=None, num_train=400, num_val=100, 
     return train_name, val_name, unlabeled_name
 
 
-def register_synthetic(name_prefix="synth", root=None, num_train=400, num_val=100, image_size=256, seed=0):
+def register_synthetic(name_prefix="synth", root=None, **settings):
     """Register the synthetic shapes dataset: ``register_domain(SHAPES, ...)`` (see there), i.e.
     ``<prefix>_train``, ``<prefix>_val`` and ``<prefix>_train_unlabeled`` under
     ``root/<synthetic_dir_name(n, image_size, seed)>/`` (``root`` defaults to ``default_synthetic_root()``).
@@ -665,4 +676,4 @@ def register_synthetic(name_prefix="synth", root=None, num_train=400, num_val=10
     Returns:
         tuple[str, str, str]: the train, val and unlabeled dataset names.
     """
-    return register_domain(SHAPES, name_prefix, root, num_train, num_val, image_size, seed)
+    return register_domain(SHAPES, name_prefix, root, **settings)

@@ -96,14 +96,8 @@ def register_lazy_datasets(cfg):
         unknown = sorted(set(s) - set(_SYNTHETIC_KEYS))
         if unknown:
             raise ValueError(f"dataloader.synthetic has unknown keys {unknown}; known: {list(_SYNTHETIC_KEYS)}")
-        register_synthetic(
-            name_prefix="synth",
-            root=s.get("root") or None,
-            num_train=s.get("num_train", 400),
-            num_val=s.get("num_val", 100),
-            image_size=s.get("image_size", 256),
-            seed=s.get("seed", 0),
-        )
+        # a key left out takes register_synthetic's default (joindet.data.synthetic.GENERATED_SET_DEFAULTS)
+        register_synthetic(name_prefix="synth", root=s.get("root") or None, **{k: s[k] for k in s if k != "root"})
     register_transfer_datasets()  # low-data subsets (after synth_*) and VOC-as-COCO
     for split in ("train", "test"):
         loader = dataloader.get(split)

@@ -12,7 +12,7 @@ from detectron2.utils import comm
 from ..evaluation.prior_quality import evaluate_priors, format_prior_quality_table
 from ..priors.box_smooth import mean_best_iou, merge_refresh
 from ..priors.generation import gather_priors, shard
-from ..priors.sources import prior_source_name, version0_cache_key
+from ..priors.sources import load_or_compute_version0
 from ..utils.atomic import write_json_atomic
 from ..utils.memory import release_free_heap
 from .trainer import unwrap_model
@@ -86,25 +86,8 @@ class PriorRefreshHook(HookBase):
 
     # ------------------------------------------------------------------ work
     def _ensure_version0(self):
-        bank = self.active.bank
-        key = json.loads(json.dumps(version0_cache_key(self.init_source, self.dataset_dicts, self.dataset_name)))
-        if 0 in bank.versions():
-            stored = bank.read(0).meta.get("info", {}).get("source_key")
-            if stored != key:
-                raise ValueError(f"The prior bank {bank.root} holds a version 0 made with other settings "
-                                 f"({stored}) than this run's ({key}). Use another JOINDET.PRIORS.BANK_DIR "
-                                 f"or remove that folder.")
-            logger.info("Reusing version 0 of the prior bank %s (%s)", bank.root, key["source"])
-        else:
-            start = time.perf_counter()
-            local = shard(self.dataset_dicts)
-            results = self.init_source(local, model=unwrap_model(self.trainer.model))
-            priors = gather_priors({d["image_id"]: r for d, r in zip(local, results)})
-            if comm.is_main_process():
-                self._write(0, priors, {"source_key": key, "source": prior_source_name(self.init_source)})
-            comm.synchronize()
-            logger.info("Prior bank version 0 (%s): %d images in %.1f s", prior_source_name(self.init_source),
-                        len(priors), time.perf_counter() - start)
+        load_or_compute_version0(self.active.bank, self.init_source, self.dataset_dicts, self.dataset_name,
+                                 model=unwrap_model(self.trainer.model))
         self.active.set_version(0)
 
     def _write(self, version, priors, info):

@@ -14,24 +14,16 @@ from detectron2.layers import NaiveSyncBatchNorm
 
 from ..checkpoint import JoinDetCheckpointer
 from ..data.mapper import DetrDatasetMapper
+from ..evaluation.coco import has_compiled_ops
 from .fault_tolerance import PreemptionHook, ResumableTrainingSampler, RNGStateHook
 from .optimizer import build_optimizer
 
-__all__ = ["Trainer", "build_resumable_train_loader", "check_batch_norm_batch", "create_ddp_model_any_device", "has_compiled_ops", "unwrap_model"]
+__all__ = ["Trainer", "build_resumable_train_loader", "check_batch_norm_batch", "create_ddp_model_any_device", "unwrap_model"]
 
 
 def unwrap_model(model):
     """The module inside a DistributedDataParallel wrapper (or the model itself)."""
     return getattr(model, "module", model)
-
-
-def has_compiled_ops():
-    """Whether Detectron2's compiled ``_C`` loads (it does not for the py3.10 wheel on 3.11)."""
-    try:
-        from detectron2 import _C  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def check_batch_norm_batch(model, total_batch_size, world_size, *, batch_key="SOLVER.IMS_PER_BATCH",

@@ -20,7 +20,7 @@ from pycocotools.cocoeval import COCOeval
 from tabulate import tabulate
 from torchvision.ops import box_iou
 
-from joindet.priors.bank import PriorVersion
+from ..priors.bank import PriorVersion, check_priors
 
 __all__ = ["evaluate_priors", "format_prior_quality_table"]
 
@@ -94,23 +94,8 @@ def _priors_of(priors: PriorsLike, image_id) -> Optional[Tuple[np.ndarray, np.nd
                 f"priors[{image_id!r}] must be a (boxes, scores) pair, got {type(entry).__name__}"
             )
         boxes, scores = entry
-    boxes = np.asarray(boxes, dtype=np.float64)
-    scores = np.asarray(scores, dtype=np.float64)
-    if boxes.size == 0:
-        boxes = boxes.reshape(0, 4)
-    if scores.size == 0:
-        scores = scores.reshape(0)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"priors of image {image_id!r}: boxes must have shape (k, 4), got {boxes.shape}")
-    if scores.shape != (boxes.shape[0],):
-        raise ValueError(
-            f"priors of image {image_id!r}: scores must have shape ({boxes.shape[0]},), got {scores.shape}"
-        )
-    if not (np.all(np.isfinite(boxes)) and np.all(np.isfinite(scores))):
-        raise ValueError(f"priors of image {image_id!r} contain non-finite values")
-    if np.any(boxes[:, 2:] < boxes[:, :2]):
-        raise ValueError(f"priors of image {image_id!r} contain a box with x2 < x1 or y2 < y1")
-    return boxes, scores
+    return check_priors(np.asarray(boxes, dtype=np.float64), np.asarray(scores, dtype=np.float64),
+                        f"image {image_id!r}", valid=True)
 
 
 def _top1_hits(top_box_xyxy: np.ndarray, gt_xywh: np.ndarray) -> bool:

@@ -163,7 +163,9 @@ class DeformableDETR(nn.Module):
         }
 
     @classmethod
-    def build_criterion(cls, cfg, extra_weights=None):
+    def build_criterion(cls, cfg, extra_weights=None, *, num_classes=None, criterion_class=SetCriterion):
+        """The matcher, loss weights and criterion of ``MODEL.DEFORMABLE_DETR`` (``num_classes``: that of the
+        class head, default ``NUM_CLASSES``; ``extra_weights``: weights of the losses a subclass adds)."""
         d = cfg.MODEL.DEFORMABLE_DETR
         matcher = HungarianMatcher(
             cost_class=d.COST_CLASS,
@@ -180,8 +182,8 @@ class DeformableDETR(nn.Module):
             two_stage=d.TWO_STAGE,
             extra=extra_weights,
         )
-        return SetCriterion(
-            d.NUM_CLASSES,
+        return criterion_class(
+            d.NUM_CLASSES if num_classes is None else num_classes,
             matcher,
             weight_dict,
             focal_alpha=d.FOCAL_ALPHA,

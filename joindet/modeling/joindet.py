@@ -9,9 +9,8 @@ from torchvision.ops import box_convert
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
-from .criterion import SetCriterion, build_weight_dict
+from .criterion import SetCriterion
 from .deformable_detr import DeformableDETR
-from .matcher import HungarianMatcher
 from .utils import MLP
 
 __all__ = ["JoinDet", "ObjectEmbeddingCriterion", "PRETRAIN_ONLY_PREFIXES"]
@@ -72,23 +71,16 @@ class JoinDet(DeformableDETR):
     @classmethod
     def from_config(cls, cfg):
         args = super().from_config(cfg)
-        args["num_classes"] = 1  # class-agnostic objectness
-        args["criterion"] = cls.build_criterion(cfg)
+        args["num_classes"] = 1  # class-agnostic objectness (the criterion: build_criterion, called by super)
         args["embed_dim"] = cfg.JOINDET.EMBED_DIM
         args["embed_encoder"] = cfg.JOINDET.EMBED_ENCODER
         return args
 
     @classmethod
     def build_criterion(cls, cfg, extra_weights=None):
-        d = cfg.MODEL.DEFORMABLE_DETR
-        matcher = HungarianMatcher(cost_class=d.COST_CLASS, cost_bbox=d.COST_BBOX, cost_giou=d.COST_GIOU,
-                                   focal_alpha=d.FOCAL_ALPHA, focal_gamma=d.FOCAL_GAMMA)
-        weight_dict = build_weight_dict(d.CLASS_WEIGHT, d.L1_WEIGHT, d.GIOU_WEIGHT,
-                                        num_aux=d.DEC_LAYERS - 1 if d.DEEP_SUPERVISION else 0,
-                                        two_stage=d.TWO_STAGE,
-                                        extra={"loss_embed": cfg.JOINDET.EMBED_LOSS_WEIGHT})
-        return ObjectEmbeddingCriterion(1, matcher, weight_dict, focal_alpha=d.FOCAL_ALPHA,
-                                        focal_gamma=d.FOCAL_GAMMA)
+        """Deformable DETR's criterion with one class ("object") and ``loss_embed`` (JOINDET.EMBED_LOSS_WEIGHT)."""
+        extra = {"loss_embed": cfg.JOINDET.EMBED_LOSS_WEIGHT, **(extra_weights or {})}
+        return super().build_criterion(cfg, extra, num_classes=1, criterion_class=ObjectEmbeddingCriterion)
 
     def _encoder(self):
         return self.backbone if self.embed_encoder is None else self.embed_encoder

@@ -22,6 +22,7 @@ versions untouched. A version counts only once its directory holds ``meta.json``
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -34,7 +35,7 @@ import numpy as np
 
 from ..utils.atomic import fsync_dir
 
-__all__ = ["PriorBank", "PriorVersion", "FILTER_REASONS", "usable_priors"]
+__all__ = ["PriorBank", "PriorVersion", "FILTER_REASONS", "check_priors", "usable_priors"]
 
 logger = logging.getLogger("joindet")
 
@@ -284,18 +285,7 @@ class PriorBank:
             )
         boxes_arrays, scores_arrays = [], []
         for i, (b, s) in enumerate(zip(boxes_list, scores_list)):
-            b = np.asarray(b, dtype=np.float32)
-            s = np.asarray(s, dtype=np.float32)
-            if b.size == 0:
-                b = b.reshape(0, 4)
-            if s.size == 0:
-                s = s.reshape(0)
-            if b.ndim != 2 or b.shape[1] != 4:
-                raise ValueError(f"boxes of image {ids[i]} must have shape (k, 4), got {b.shape}")
-            if s.ndim != 1 or s.shape[0] != b.shape[0]:
-                raise ValueError(
-                    f"scores of image {ids[i]} must have shape ({b.shape[0]},), got {s.shape}"
-                )
+            b, s = check_priors(np.asarray(b, dtype=np.float32), np.asarray(s, dtype=np.float32), f"image {ids[i]}")
             boxes_arrays.append(b)
             scores_arrays.append(s)
         counts = np.array([b.shape[0] for b in boxes_arrays], dtype=np.int64)
@@ -463,16 +453,8 @@ def _validate_arrays(image_ids, boxes, scores, offsets):
         uniq, counts = np.unique(ids, return_counts=True)
         raise ValueError(f"duplicate image ids: {uniq[counts > 1][:10].tolist()}")
 
-    boxes = np.asarray(boxes, dtype=np.float32)
-    if boxes.size == 0:
-        boxes = boxes.reshape(0, 4)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes must have shape (N, 4), got {boxes.shape}")
-    scores = np.asarray(scores, dtype=np.float32)
-    if scores.size == 0:
-        scores = scores.reshape(0)
-    if scores.ndim != 1 or scores.shape[0] != boxes.shape[0]:
-        raise ValueError(f"scores must have shape ({boxes.shape[0]},), got {scores.shape}")
+    boxes, scores = check_priors(np.asarray(boxes, dtype=np.float32), np.asarray(scores, dtype=np.float32),
+                                 "the version (all images)")
 
     offsets = np.asarray(offsets)
     if offsets.ndim != 1 or offsets.shape[0] != ids.shape[0] + 1:
@@ -490,6 +472,43 @@ def _validate_arrays(image_ids, boxes, scores, offsets):
     if np.any(np.diff(offsets) < 0):
         raise ValueError("offsets must be non-decreasing")
     return ids, boxes, scores, offsets
+
+
+def check_priors(boxes, scores, what: str, *, valid: bool = False):
+    """Check one set of priors and return it, an empty array of any shape reshaped to (0, 4) / (0,).
+
+    Args:
+        boxes: (k, 4) XYXY, scores: (k,): numpy arrays or torch tensors (any device), already of the
+            caller's dtype.
+        what: names the set in the errors ("image 7", "new priors").
+        valid: also refuse non-finite values and boxes with x2 < x1 or y2 < y1 (zero area passes: the
+            bank's filter, :func:`usable_priors`, drops such priors at the write).
+
+    Raises:
+        ValueError: the shapes (or, with ``valid``, the values) are not those of a set of priors.
+    """
+    if math.prod(boxes.shape) == 0:
+        boxes = boxes.reshape(0, 4)
+    if math.prod(scores.shape) == 0:
+        scores = scores.reshape(0)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes of {what} must have shape (k, 4), got {tuple(boxes.shape)}")
+    k = boxes.shape[0]
+    if scores.ndim != 1:
+        raise ValueError(f"scores of {what} must have shape ({k},), got {tuple(scores.shape)}")
+    if scores.shape[0] != k:
+        raise ValueError(f"scores of {what} must have shape ({k},), got {tuple(scores.shape)}: boxes and scores "
+                         f"disagree on the number of priors")
+    if valid:
+        if not (bool(_isfinite(boxes).all()) and bool(_isfinite(scores).all())):
+            raise ValueError(f"priors of {what} contain NaN or infinite values")
+        if bool((boxes[:, 2:] < boxes[:, :2]).any()):
+            raise ValueError(f"boxes of {what} must be XYXY with x2 >= x1 and y2 >= y1: one has x2 < x1 or y2 < y1")
+    return boxes, scores
+
+
+def _isfinite(x):
+    return x.isfinite() if hasattr(x, "isfinite") else np.isfinite(x)  # a torch tensor, else numpy
 
 
 def usable_priors(boxes: np.ndarray, scores: np.ndarray) -> Tuple[np.ndarray, Dict[str, int]]:

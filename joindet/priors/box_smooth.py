@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+from .bank import check_priors
+
 __all__ = ["smooth_priors", "smooth_priors_batched", "smooth_prior_lists", "smooth_version_arrays", "merge_refresh", "check_smooth_settings", "mean_best_iou"]
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -28,28 +30,6 @@ def _to_tensor(x, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.detach().to(device=device, dtype=dtype)
     return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
-
-
-def _check_boxes_scores(boxes: torch.Tensor, scores: torch.Tensor, name: str):
-    """Validate one (boxes (n, 4), scores (n,)) pair; an empty array of any shape means n = 0."""
-    if boxes.numel() == 0:
-        boxes = boxes.reshape(0, 4)
-    if scores.numel() == 0:
-        scores = scores.reshape(0)
-    if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"{name}_boxes must have shape (n, 4), got {tuple(boxes.shape)}")
-    if scores.dim() != 1:
-        raise ValueError(f"{name}_scores must have shape (n,), got {tuple(scores.shape)}")
-    if boxes.shape[0] != scores.shape[0]:
-        raise ValueError(
-            f"{name}_boxes and {name}_scores disagree on the number of boxes: "
-            f"{boxes.shape[0]} vs {scores.shape[0]}"
-        )
-    if not bool(torch.isfinite(boxes).all()) or not bool(torch.isfinite(scores).all()):
-        raise ValueError(f"{name}_boxes / {name}_scores contain NaN or infinite values")
-    if bool((boxes[:, 2] < boxes[:, 0]).any()) or bool((boxes[:, 3] < boxes[:, 1]).any()):
-        raise ValueError(f"{name}_boxes must be XYXY with x2 >= x1 and y2 >= y1")
-    return boxes, scores
 
 
 def _iou_new_old(new_dense: torch.Tensor, old_dense: torch.Tensor) -> torch.Tensor:
@@ -225,11 +205,11 @@ def smooth_priors(
             break
     wdtype = _work_dtype(device)
 
-    ob, os_ = _check_boxes_scores(
-        _to_tensor(old_boxes, device, wdtype), _to_tensor(old_scores, device, wdtype), "old"
+    ob, os_ = check_priors(
+        _to_tensor(old_boxes, device, wdtype), _to_tensor(old_scores, device, wdtype), "the old priors", valid=True
     )
-    nb, ns = _check_boxes_scores(
-        _to_tensor(new_boxes, device, wdtype), _to_tensor(new_scores, device, wdtype), "new"
+    nb, ns = check_priors(
+        _to_tensor(new_boxes, device, wdtype), _to_tensor(new_scores, device, wdtype), "the new priors", valid=True
     )
     counts = lambda n: torch.tensor([n], dtype=torch.long, device=device)  # noqa: E731
     out_boxes, out_scores, _ = smooth_priors_batched(
@@ -279,10 +259,10 @@ def smooth_version_arrays(
         hi = min(lo + chunk_images, num_images)
         o = slice(old_offsets[lo], old_offsets[hi])
         n = slice(new_offsets[lo], new_offsets[hi])
-        ob, os_ = _check_boxes_scores(torch.as_tensor(old_boxes[o], dtype=torch.float64),
-                                      torch.as_tensor(old_scores[o], dtype=torch.float64), "old")
-        nb, ns = _check_boxes_scores(torch.as_tensor(new_boxes[n], dtype=torch.float64),
-                                     torch.as_tensor(new_scores[n], dtype=torch.float64), "new")
+        ob, os_ = check_priors(torch.as_tensor(old_boxes[o], dtype=torch.float64),
+                               torch.as_tensor(old_scores[o], dtype=torch.float64), "the old priors", valid=True)
+        nb, ns = check_priors(torch.as_tensor(new_boxes[n], dtype=torch.float64),
+                              torch.as_tensor(new_scores[n], dtype=torch.float64), "the new priors", valid=True)
         boxes, scores, counts = smooth_priors_batched(
             ob, os_, torch.as_tensor(old_counts[lo:hi]), nb, ns, torch.as_tensor(new_counts[lo:hi]),
             momentum=momentum, iou_threshold=iou_threshold, topk=topk)

@@ -9,8 +9,8 @@ import torch
 from detectron2.data import DatasetFromList, build_detection_test_loader
 from detectron2.data.common import ToIterableDataset
 from detectron2.utils import comm
-from detectron2.utils.logger import log_every_n_seconds
 
+from ..utils.progress import log_progress
 from .bank import FILTER_REASONS, usable_priors
 from .ncut import priors_from_features
 
@@ -80,8 +80,7 @@ def run_over_images(model, dataset_dicts, mapper, fn, *, batch_size=4, num_worke
                     dropped[reason] += n
                 local[x["image_id"]] = (boxes[keep], scores[keep])
             if comm.is_main_process():
-                log_every_n_seconds(logging.INFO, f"{what}: {i + 1}/{total} batches, "
-                                    f"{time.perf_counter() - start:.1f} s", n=10, name="joindet")
+                log_progress(what, i + 1, total, start, unit="batches")
     finally:
         model.train(was_training)
     if any(dropped.values()):

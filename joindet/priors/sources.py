@@ -16,11 +16,10 @@ Registered here:
 * ``"selective_search"`` (``SelectiveSearchSource``): DETReg's priors, see ``selective_search.py``;
 * ``"random_crops"`` (``RandomCropSource``): UP-DETR-like priors, see ``random_crops.py``.
 
-``load_or_compute_version0`` computes version 0 once per (dataset, source, settings, image set)
-and reuses it afterwards; a bank folder that holds version 0 of other settings is an error, never
-silently overwritten.
+``load_or_compute_version0`` (what ``PriorRefreshHook`` calls) computes version 0 once per (dataset,
+source, settings, image set) and reuses it afterwards; a bank folder that holds version 0 of other
+settings is an error, never silently overwritten.
 """
-import datetime
 import functools
 import hashlib
 import json
@@ -31,9 +30,12 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from detectron2.utils import comm
 from detectron2.utils.registry import Registry
 
+from ..utils.progress import format_seconds, log_progress
 from .bank import PriorBank, PriorVersion
+from .generation import gather_priors, shard
 from .random_crops import _check_frac, image_rng, random_crop_boxes
 from .selective_search import _check_settings, boxes_for_image_file
 
@@ -127,30 +129,6 @@ def _check_dataset_dicts(dataset_dicts: Sequence[dict], keys: Sequence[str]) -> 
             raise ValueError(f"dataset_dicts[{i}] lacks the keys {missing} (it has {sorted(d)})")
 
 
-def _format_seconds(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=int(round(seconds))))
-
-
-class _Progress:
-    """Logs ``done/total`` with rate and ETA about every 10% through the ``joindet`` logger."""
-
-    def __init__(self, what: str, total: int):
-        self.what, self.total = what, total
-        self.step = max(1, -(-total // 10))  # ceil(total / 10)
-        self.start = time.perf_counter()
-
-    def update(self, done: int) -> None:
-        if done % self.step and done != self.total:
-            return
-        elapsed = time.perf_counter() - self.start
-        rate = done / elapsed if elapsed > 0 else float("inf")
-        eta = (self.total - done) / rate if rate > 0 else 0.0
-        logger.info(
-            f"{self.what}: {done}/{self.total} images ({100.0 * done / self.total:.0f}%), "
-            f"{rate:.1f} images/s, elapsed {_format_seconds(elapsed)}, ETA {_format_seconds(eta)}"
-        )
-
-
 def _init_worker() -> None:
     import cv2
 
@@ -233,7 +211,7 @@ class SelectiveSearchSource:
         _check_dataset_dicts(dataset_dicts, ["file_name"])
         items = [(d["file_name"], d.get("height"), d.get("width")) for d in dataset_dicts]
         task = functools.partial(_ss_task, (self.topk, self.min_side, self.mode))
-        progress = _Progress("selective search", len(items))
+        start = time.perf_counter()
         results: PriorList = []
         self.last_failed = []
 
@@ -243,7 +221,7 @@ class SelectiveSearchSource:
                     logger.warning(f"selective search: {file_name}: {problem}; it gets no priors")
                     self.last_failed.append((file_name, problem))
                 results.append((boxes, scores))
-                progress.update(len(results))
+                log_progress("selective search", len(results), len(items), start)
 
         if not items:
             return results
@@ -257,7 +235,7 @@ class SelectiveSearchSource:
         num_boxes = sum(b.shape[0] for b, _ in results)
         logger.info(
             f"selective search: {len(results)} images in "
-            f"{_format_seconds(time.perf_counter() - progress.start)}, "
+            f"{format_seconds(time.perf_counter() - start)}, "
             f"{num_boxes / len(results):.1f} priors per image, "
             f"{len(self.last_failed)} unreadable images (no priors)"
         )
@@ -371,11 +349,13 @@ def load_or_compute_version0(
     and its ``meta["info"]["source_key"]`` equals the key, it is returned without calling the
     source. If it exists with another key, a ValueError is raised (the bank folder holds priors of
     other settings; point the run at another folder or delete that one). Otherwise the source is
-    called on ``dataset_dicts`` (with ``model``) and its priors are written as version 0 with
-    ``info = {"source_key": key, "source": repr(source), "compute_seconds": ...}``.
+    called (with ``model``) and its priors are written as version 0 with
+    ``info = {"source_key": key, "source": <registered name>, "compute_seconds": ...}``.
 
-    Call it from one process (e.g. the main rank, then synchronise): two processes computing the
-    same missing version would both try to write it and one would fail.
+    Every process of a run calls it (``PriorRefreshHook`` does): each computes its shard of the
+    images (:func:`joindet.priors.generation.shard`), the results are gathered, the main process
+    writes the version (it is the bank's only writer) and all wait for it. One process alone is a
+    world of one.
 
     Returns:
         The version, opened with ``mmap=True``.
@@ -393,21 +373,24 @@ def load_or_compute_version0(
         raise ValueError(
             f"prior bank folder {bank.root} already holds version 0 made with other settings "
             f"(stored key {json.dumps(stored, sort_keys=True)}, requested key "
-            f"{json.dumps(key, sort_keys=True)}); use another bank folder or delete "
-            f"{bank.version_path(0)} to recompute"
+            f"{json.dumps(key, sort_keys=True)}); use another bank folder (JOINDET.PRIORS.BANK_DIR) or "
+            f"delete {bank.version_path(0)} to recompute"
         )
 
-    ids = _image_ids(dataset_dicts)
+    name = prior_source_name(source)
     logger.info(f"prior bank {bank.root}: computing version 0 of {dataset_name} "
-                f"({len(ids)} images) with {source!r}")
+                f"({len(dataset_dicts)} images) with {source!r}")
     start = time.perf_counter()
-    priors = source(dataset_dicts, model=model)
+    local = shard(dataset_dicts)
+    results = list(source(local, model=model))
+    if len(results) != len(local):
+        raise ValueError(f"prior source {name} returned {len(results)} results for {len(local)} images")
+    priors = gather_priors({d["image_id"]: r for d, r in zip(local, results)})
     seconds = time.perf_counter() - start
-    priors = list(priors)
-    if len(priors) != len(ids):
-        raise ValueError(
-            f"prior source {prior_source_name(source)} returned {len(priors)} results for "
-            f"{len(ids)} images"
-        )
-    info = {"source_key": key, "source": repr(source), "compute_seconds": round(seconds, 3)}
-    return bank.write_version(0, ids, [p[0] for p in priors], [p[1] for p in priors], info=info)
+    if comm.is_main_process():
+        ids = sorted(priors)
+        info = {"source_key": key, "source": name, "compute_seconds": round(seconds, 3)}
+        bank.write_version(0, ids, [priors[i][0] for i in ids], [priors[i][1] for i in ids], info=info)
+    comm.synchronize()
+    logger.info(f"prior bank {bank.root}: version 0 ({name}): {len(priors)} images in {seconds:.1f} s")
+    return bank.read(0)

@@ -1,7 +1,7 @@
 """Command-line pieces shared by the bank tools (eval_priors, prior_evolution)."""
 from typing import List, Sequence
 
-from ..data.synthetic import register_synthetic
+from ..data.synthetic import GENERATED_SET_DEFAULTS, register_synthetic
 from ..priors.bank import PriorBank
 
 __all__ = ["add_synthetic_args", "register_synthetic_from_args", "parse_versions"]
@@ -11,10 +11,10 @@ def add_synthetic_args(parser):
     """The synthetic-set options (they must match the run that wrote the bank)."""
     synth = parser.add_argument_group("synthetic dataset (must match the run that wrote the bank)")
     synth.add_argument("--synthetic-root", default="", help="cache folder ('' = the default cache)")
-    synth.add_argument("--synthetic-num-train", type=int, default=400, help="images in synth_train")
-    synth.add_argument("--synthetic-num-val", type=int, default=100, help="images in synth_val")
-    synth.add_argument("--synthetic-image-size", type=int, default=256, help="side of the synthetic images")
-    synth.add_argument("--synthetic-seed", type=int, default=0, help="synthetic generator seed")
+    for key, what in (("num_train", "images in synth_train"), ("num_val", "images in synth_val"),
+                      ("image_size", "side of the synthetic images"), ("seed", "synthetic generator seed")):
+        synth.add_argument(f"--synthetic-{key.replace('_', '-')}", type=int, default=GENERATED_SET_DEFAULTS[key],
+                           help=what)
     return parser
 
 

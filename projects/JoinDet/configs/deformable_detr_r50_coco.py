@@ -16,7 +16,5 @@ train.max_iter = 50 * ITERS_PER_EPOCH  # 183,250
 lr_multiplier = step_lr_multiplier(total_iters=50 * ITERS_PER_EPOCH, drop_iters=[40 * ITERS_PER_EPOCH])  # 146,600
 
 train.output_dir = "output/deformable_detr_r50_coco"
-train.init_checkpoint = ""  # e.g. a converted SwAV or ImageNet R50 backbone checkpoint
-train.checkpointer.period = 5000
-train.eval_period = 0  # evaluate at the end (as TEST.EVAL_PERIOD 0)
-train.device = "cuda"
+# the rest of train as common/train.py: no init_checkpoint (set one, e.g. a converted SwAV or ImageNet R50
+# backbone), a checkpoint every 5000 iterations, evaluation at the end (as TEST.EVAL_PERIOD 0), on CUDA

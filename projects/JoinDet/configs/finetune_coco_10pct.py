@@ -3,13 +3,9 @@
 # configs/finetune_coco_10pct.yaml: 400 epochs, lr x0.1 at 280 (supplement 5.2); otherwise finetune_coco.py.
 #
 #   python train_net.py --config-file projects/JoinDet/configs/finetune_coco_10pct.py --num-gpus 8
-from .common.data.coco import dataloader
-from .common.models.deformable_detr import model
-from .common.optim import AdamW as optimizer
 from .common.schedule import iters_per_epoch, step_lr_multiplier
-from .common.train import train
+from .finetune_coco import dataloader, model, optimizer, train
 
-model.num_classes = 80
 dataloader.train.dataset.names = "coco_2017_train_10pct"
 
 # Epochs to iterations (common/schedule.py): the subset draws round(10% of 118,287) = 11,829 image ids
@@ -20,7 +16,3 @@ train.max_iter = 400 * ITERS_PER_EPOCH  # 148,000
 lr_multiplier = step_lr_multiplier(total_iters=400 * ITERS_PER_EPOCH, drop_iters=[280 * ITERS_PER_EPOCH])  # 103,600
 
 train.output_dir = "output/finetune_coco_10pct"
-train.init_checkpoint = "output/pretrain/model_final.pth"  # joindet_pretrain_r50_coco.py's output
-train.checkpointer.period = 5000
-train.eval_period = 0  # evaluate at the end
-train.device = "cuda"

@@ -5,10 +5,8 @@
 #
 #   python train_net.py --config-file projects/JoinDet/configs/finetune_voc.py --num-gpus 8
 from .common.data.voc import dataloader
-from .common.models.deformable_detr import model
-from .common.optim import AdamW as optimizer
 from .common.schedule import iters_per_epoch, step_lr_multiplier
-from .common.train import train
+from .finetune_coco import model, optimizer, train  # finetune_coco.py's model, weights and optimiser
 
 model.num_classes = 20
 
@@ -19,7 +17,3 @@ train.max_iter = 100 * ITERS_PER_EPOCH  # 51,800
 lr_multiplier = step_lr_multiplier(total_iters=100 * ITERS_PER_EPOCH, drop_iters=[70 * ITERS_PER_EPOCH])  # 36,260
 
 train.output_dir = "output/finetune_voc"
-train.init_checkpoint = "output/pretrain/model_final.pth"  # joindet_pretrain_r50_coco.py's output
-train.checkpointer.period = 5000
-train.eval_period = 0  # evaluate at the end
-train.device = "cuda"

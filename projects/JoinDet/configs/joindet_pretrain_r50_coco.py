@@ -13,11 +13,9 @@ from .common.optim import AdamW as optimizer
 from .common.schedule import iters_per_epoch, step_lr_multiplier
 from .common.train import train
 
-joindet.priors.init_source = "ncut_backbone"  # version 0: NCut on the SwAV backbone's res4
-joindet.priors.topk = 30
+# common/data/pretrain_priors.py's defaults are the paper's: version 0 from ncut_backbone (NCut on the SwAV
+# backbone's res4), K = 30, Box Smooth m_s 0.45 / IoU 0.48.
 joindet.ncut.feature_level = 2  # refreshes cut the encoder level of res5 (stride 32)
-joindet.smooth.momentum = 0.45
-joindet.smooth.iou_threshold = 0.48
 
 # Epochs to iterations (common/schedule.py): pretraining reads every train2017 image (118,287, those
 # without boxes included) at total batch 32 = 3,697 iterations per epoch. Changing
@@ -29,6 +27,4 @@ joindet.update_period_iters = 10 * ITERS_PER_EPOCH  # 36,970: refresh every 10 e
 
 train.output_dir = "output/pretrain"
 train.init_checkpoint = "checkpoints/swav_800ep_r50_d2.pth"  # made by: python -m joindet.tools.convert_swav
-train.checkpointer.period = 5000
-train.eval_period = 0  # nothing to evaluate (no test set)
-train.device = "cuda"
+# the rest of train as common/train.py: a checkpoint every 5000 iterations, on CUDA; eval_period 0 (no test set)

@@ -4,15 +4,8 @@
 # heads of the checkpoint are dropped), 50 epochs, lr x0.1 at 35 (70% of the schedule, as in the paper).
 #
 #   python train_net.py --config-file projects/JoinDet/configs/mini_finetune_synth_10pct.py
-from .common.data.synthetic import dataloader
-from .common.models.deformable_detr import model
-from .common.models.mini import make_mini
-from .common.optim import AdamW as optimizer
 from .common.schedule import iters_per_epoch, step_lr_multiplier
-from .common.train import train
-
-make_mini(model, optimizer)
-model.num_classes = 6  # joindet.data.synthetic.SHAPE_CLASSES
+from .mini_deformable_detr_synth import dataloader, model, optimizer, train
 
 dataloader.train.dataset.names = "synth_train_10pct"
 
@@ -23,6 +16,3 @@ lr_multiplier = step_lr_multiplier(total_iters=50 * ITERS_PER_EPOCH, drop_iters=
 
 train.output_dir = "output/mini_finetune_synth_10pct"
 train.init_checkpoint = "output/mini_pretrain_synth/model_final.pth"  # mini_joindet_pretrain_synth.py's output
-train.checkpointer.period = 100000  # only model_final
-train.eval_period = 0  # evaluate at the end
-train.device = "cpu"

@@ -10,7 +10,7 @@ from detectron2.data import build_detection_test_loader, build_detection_train_l
 from detectron2.evaluation import COCOEvaluator
 
 from joindet.data.mapper import DetrDatasetMapper
-from joindet.engine.trainer import has_compiled_ops
+from joindet.evaluation.coco import has_compiled_ops
 
 dataloader = OmegaConf.create()
 
