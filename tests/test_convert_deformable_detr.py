@@ -219,25 +219,25 @@ def test_the_fixture_catches_a_wrong_mapping(common, converted_files):
 
 
 # ------------------------------------------------------------------------------------------------- DC5
-def test_dc5_config_and_known_difference(common, tmp_path):
-    """Single-scale DC5: the config asks for RES5_DILATION 2. Detectron2 dilates all three res5 blocks;
-    torchvision (the official backbone) keeps the first one at dilation 1 (``_make_layer``'s
-    ``previous_dilation``). With that one conv undilated the outputs match; as built they do not."""
+def test_dc5_backbone_matches_torchvision_dilation(common, tmp_path):
+    """Single-scale DC5: RES5_DILATION 2 with build_resnet_dc5_backbone. Detectron2's own builder dilates all
+    three res5 blocks; torchvision (the official backbone) keeps the first one at dilation 1 (``_make_layer``'s
+    ``previous_dilation``): with Detectron2's builder the outputs differ, with the DC5 builder they match."""
     src = write_official_checkpoint(tmp_path / "dc5.pth", common, "single_scale_dc5")
     report = conv.convert_checkpoint(src, tmp_path / "dc5-converted.pth")
     cfg = dict(report["config"])
     assert report["variant"] == "single_scale_dc5" and cfg["MODEL.RESNETS.RES5_DILATION"] == 2
+    assert cfg["MODEL.BACKBONE.NAME"] == "build_resnet_dc5_backbone"
     assert any("DC5" in n for n in report["notes"])
     model = project_model(report)
     JoinDetCheckpointer(model).resume_or_load(str(tmp_path / "dc5-converted.pth"), resume=False)
+    assert [b.conv2.dilation for b in model.backbone.res5] == [(1, 1), (2, 2), (2, 2)]
     official = fixture("single_scale_dc5")["outputs"]
     names = ("pred_logits", "pred_boxes")
-    as_built = max_differences(report, official, project_outputs(model, images=common["images"]), names=names)
-    assert max(as_built.values()) > 1e-2, as_built  # the known difference; fix it and this test says so
-    first = model.backbone.res5[0].conv2
-    assert first.dilation == (2, 2)
-    first.dilation, first.padding = (1, 1), (1, 1)
     assert_close(max_differences(report, official, project_outputs(model, images=common["images"]), names=names))
+    model.backbone.res5[0].conv2.dilation = model.backbone.res5[0].conv2.padding = (2, 2)  # Detectron2's DC5
+    detectron2_dc5 = max_differences(report, official, project_outputs(model, images=common["images"]), names=names)
+    assert max(detectron2_dc5.values()) > 1e-2, detectron2_dc5
 
 
 # --------------------------------------------------------------------------------------------- the report
@@ -400,3 +400,14 @@ def test_supervised_checkpoint_fine_tunes_on_other_classes_non_strict(common, co
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in before.items())
     assert all(torch.equal(state[k], v) for k, v in saved.items() if not k.startswith("class_embed."))
+
+
+def test_dc5_backbone_refuses_an_undilated_config():
+    from detectron2.config import get_cfg
+    from detectron2.layers import ShapeSpec
+
+    from joindet.modeling.backbone import build_resnet_dc5_backbone
+
+    cfg = get_cfg()
+    with pytest.raises(ValueError, match="RES5_DILATION 2"):
+        build_resnet_dc5_backbone(cfg, ShapeSpec(channels=3))

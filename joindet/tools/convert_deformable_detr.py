@@ -77,8 +77,8 @@ this project's defaults too). Then:
 
 =================  =======================================================================================
 single_scale       ``IN_FEATURES ["res5"]``, ``NUM_FEATURE_LEVELS 1``, ``MODEL.RESNETS.OUT_FEATURES ["res5"]``
-single_scale_dc5   single_scale + ``MODEL.RESNETS.RES5_DILATION 2``. Not exact: Detectron2 dilates all three
-                   res5 blocks, torchvision (the official backbone) leaves the first one at dilation 1
+single_scale_dc5   single_scale + ``MODEL.RESNETS.RES5_DILATION 2`` and ``MODEL.BACKBONE.NAME
+                   build_resnet_dc5_backbone`` (torchvision's DC5: the first res5 block undilated)
 multi_scale        ``IN_FEATURES ["res3", "res4", "res5"]``, ``NUM_FEATURE_LEVELS 4``,
                    ``MODEL.RESNETS.OUT_FEATURES ["res3", "res4", "res5"]``
 box_refine         multi_scale + ``WITH_BOX_REFINE True``
@@ -332,8 +332,8 @@ def detect_architecture(state, args=None, variant="auto"):
     if detected == "single_scale" and not args:
         notes.append("a DC5 model has the same weights: pass --variant single_scale_dc5 if it is one")
     if dilation and detected == "single_scale_dc5":
-        notes.append("DC5: Detectron2 (RES5_DILATION 2) dilates every res5 block, torchvision's "
-                     "replace_stride_with_dilation leaves the first one at dilation 1: outputs differ slightly")
+        notes.append("DC5: MODEL.BACKBONE.NAME build_resnet_dc5_backbone leaves the first res5 block undilated, "
+                     "as torchvision's replace_stride_with_dilation does (Detectron2's own builder dilates all three)")
     for name, value in (("with_box_refine", with_box_refine), ("two_stage", two_stage),
                         ("num_feature_levels", levels), ("hidden_dim", hidden), ("enc_layers", enc_layers),
                         ("dec_layers", dec_layers)):
@@ -422,7 +422,7 @@ def project_config(arch, classes="coco80"):
         ("MODEL.PIXEL_MEAN", list(_PIXEL_MEAN)),
         ("MODEL.PIXEL_STD", list(_PIXEL_STD)),
         ("INPUT.FORMAT", "RGB"),
-        ("MODEL.BACKBONE.NAME", "build_resnet_backbone"),
+        ("MODEL.BACKBONE.NAME", "build_resnet_dc5_backbone" if arch["dilation"] else "build_resnet_backbone"),
         ("MODEL.BACKBONE.FREEZE_AT", 2),
         ("MODEL.RESNETS.DEPTH", arch["depth"]),
         ("MODEL.RESNETS.STRIDE_IN_1X1", False),
