@@ -62,6 +62,18 @@ def test_ranks_share_the_low_data_split_and_split_the_refresh(refreshed):
     assert single[0]["low_data_split"] == ranks[0]["low_data_split"]
 
 
+def test_no_rank_gathers_the_priors(refreshed):
+    """Issue 13: each rank writes its shard of a version and the main process commits it; what the ranks
+    all_gather during version 0 and the refresh is a few bytes (a staging path, a count), never priors."""
+    for processes in (1, 2):
+        for rank in json.loads((refreshed[processes] / "ranks.json").read_text()):
+            payloads = rank["gathers"]
+            assert not [p for p in payloads if p["type"] == "dict"], payloads
+            assert all(p["bytes"] < 1024 for p in payloads), payloads
+    bank = refreshed[2] / "prior_bank"
+    assert not [p.name for p in bank.iterdir() if p.name.startswith(".")]  # staging folders removed
+
+
 def test_a_failing_rank_ends_the_job_with_its_error(subprocess_env, tmp_path):
     run = _refresh(tmp_path / "fail", subprocess_env, 2, fail_rank=1, timeout=240)
     assert run.returncode != 0

@@ -165,3 +165,38 @@ def test_compare_priors_scores_sources_and_generators(synthetic_cache, tmp_path,
     assert "| random_crops (version 0)" in capsys.readouterr().out
     assert len(json.loads((tmp_path / "rows.json").read_text())) == 6
     assert cfg.DATASETS.TRAIN == (DATASET,)
+
+
+# --------------------------------------------------------------------------- refresh benchmark (smoke)
+def test_refresh_benchmark_smoke(synthetic_cache, tmp_path, capsys):
+    """``joindet.benchmarks.refresh`` on 6 images of 64 px, tiny model: one row per generator, the epoch
+    shared by all rows, the percentage relative to that epoch (as printed), a bank version per refresh,
+    its own synthetic set. No timing assertion (the machine is shared)."""
+    from joindet.benchmarks import refresh as bench
+
+    opts = [*TINY_MODEL_OPTS, *TINY_PRETRAIN_OPTS, "DATASETS.SYNTHETIC.IMAGE_SIZE", "64", "MODEL.DEVICE", "cpu",
+            "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2"]
+    out = tmp_path / "bench"
+    rows = bench.main(["--num-images", "6", "--generators", "rescore", "ncut_encoder", "--output-dir", str(out),
+                       "--json", str(tmp_path / "refresh.json"), *opts])
+    printed = capsys.readouterr().out
+    assert [r["generator"] for r in rows] == ["rescore", "ncut_encoder"]
+    assert [r["version"] for r in rows] == [1, 2]  # each refresh wrote the next bank version
+    assert len({r["epoch_s"] for r in rows}) == 1  # one epoch, measured once, shared by the rows
+    for r in rows:
+        assert r["images"] == 6 and r["epoch_iters"] == 3 and r["ims_per_batch"] == 2
+        assert r["epoch_s"] > 0 and r["refresh_s"] > 0 and 0 < r["generate_s"] <= r["refresh_s"]
+        assert r["smooth_gather_write_s"] > 0
+        assert r["smooth_gather_write_s"] == pytest.approx(r["refresh_s"] - r["generate_s"])
+        assert r["s_per_image"] == pytest.approx(r["refresh_s"] / 6)
+        # epoch-relative: the row's and the printed percentage are refresh_s / epoch_s * 100
+        pct = r["refresh_s"] / r["epoch_s"] * 100
+        assert r["refresh_pct_of_epoch"] == pytest.approx(pct)
+        assert r["within_target"] == ("yes" if r["refresh_pct_of_epoch"] <= bench.TARGET_PCT else "no")
+        line = next(ln for ln in printed.splitlines() if ln.startswith(f"| {r['generator']} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[bench.COLUMNS.index("refresh_pct_of_epoch")] == f"{pct:.2f}"
+        assert cells[bench.COLUMNS.index("epoch_s")] == f"{r['epoch_s']:.2f}"
+    assert json.loads((tmp_path / "refresh.json").read_text()) == rows
+    assert PriorBank(out / "run" / "prior_bank").versions() == [0, 1, 2]
+    assert (out / "synthetic").is_dir()  # its own synthetic set, not the shared cache

@@ -2,7 +2,7 @@
 measures its ratios side by side in one run (medians after a warm-up)."""
 import json
 
-__all__ = ["markdown_table", "write_rows"]
+__all__ = ["markdown_table", "mini_pretraining_cfg", "write_rows"]
 
 
 def markdown_table(rows, cols):
@@ -17,3 +17,27 @@ def write_rows(path, rows):
     if path:
         with open(path, "w") as f:
             json.dump(rows, f, indent=2)
+
+
+def mini_pretraining_cfg(config_file, output_dir, num_images, settings=(), opts=()):
+    """The yacs cfg of a benchmark's in-process pretraining: ``config_file`` on a synthetic set of
+    ``num_images`` images of its own (``<output_dir>/synthetic``: the shared cache is not touched), no
+    prior-quality evaluation, ``OUTPUT_DIR`` ``<output_dir>/run``, then the benchmark's ``settings`` and the
+    user's ``opts`` (KEY VALUE lists); validated, datasets registered. Returns a mutable cfg."""
+    import os
+
+    from detectron2.config import get_cfg
+
+    from joindet.config import add_joindet_config, validate_config
+    from joindet.data.datasets import register_datasets
+
+    cfg = get_cfg()
+    add_joindet_config(cfg)
+    cfg.merge_from_file(config_file)
+    out = os.path.abspath(output_dir)
+    cfg.merge_from_list(["DATASETS.SYNTHETIC.NUM_TRAIN", str(num_images), "DATASETS.SYNTHETIC.ROOT",
+                         os.path.join(out, "synthetic"), "JOINDET.PRIORS.EVAL_DATASET", "",
+                         "OUTPUT_DIR", os.path.join(out, "run"), *map(str, settings), *opts])
+    validate_config(cfg)
+    register_datasets(cfg)
+    return cfg

@@ -21,7 +21,7 @@ import os
 import time
 from typing import Optional, Sequence
 
-from joindet.benchmarks import markdown_table, write_rows
+from joindet.benchmarks import markdown_table, mini_pretraining_cfg, write_rows
 from joindet.utils.memory import release_free_heap, rss_mib
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "mini", "pretrain_synth.yaml")
@@ -43,24 +43,12 @@ def main(argv: Optional[Sequence[str]] = None):
     args = build_parser().parse_args(argv)
     if args.period < 1 or args.iters <= args.period:
         raise SystemExit(f"--period must be >= 1 and below --iters, got {args.period} and {args.iters}")
-    from detectron2.config import get_cfg
-
-    from joindet.config import add_joindet_config, resolve_epochs, validate_config
-    from joindet.data.datasets import register_datasets
+    from joindet.config import resolve_epochs
     from joindet.engine.pretrain import JoinDetTrainer
 
-    cfg = get_cfg()
-    add_joindet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    out = os.path.abspath(args.output_dir)
-    cfg.merge_from_list([
-        "SOLVER.MAX_ITER", str(args.iters), "JOINDET.UPDATE_PERIOD_ITERS", str(args.period),
-        "SOLVER.CHECKPOINT_PERIOD", str(10 * args.iters), "DATASETS.SYNTHETIC.NUM_TRAIN", str(args.num_images),
-        "DATASETS.SYNTHETIC.ROOT", os.path.join(out, "synthetic"), "JOINDET.PRIORS.EVAL_DATASET", "",
-        "OUTPUT_DIR", os.path.join(out, "run"), *args.opts,
-    ])
-    validate_config(cfg)
-    register_datasets(cfg)
+    cfg = mini_pretraining_cfg(args.config_file, args.output_dir, args.num_images, settings=[
+        "SOLVER.MAX_ITER", args.iters, "JOINDET.UPDATE_PERIOD_ITERS", args.period,
+        "SOLVER.CHECKPOINT_PERIOD", 10 * args.iters], opts=args.opts)
     resolve_epochs(cfg, args.num_images)
     trainer = JoinDetTrainer(cfg)
     trainer.resume_or_load(resume=False)

@@ -11,7 +11,7 @@ from detectron2.utils import comm
 
 from ..evaluation.prior_quality import evaluate_priors, format_prior_quality_table
 from ..priors.box_smooth import mean_best_iou, merge_refresh
-from ..priors.generation import gather_priors, shard
+from ..priors.generation import priors_to_arrays, publish_version, shard
 from ..priors.sources import load_or_compute_version0
 from ..utils.atomic import write_json_atomic
 from ..utils.memory import release_free_heap
@@ -31,7 +31,8 @@ class PriorRefreshHook(HookBase):
     - every ``period`` iterations (0 = never): the current priors of every image from ``generator`` (a
       refresh generator, :mod:`joindet.priors.refresh`; each process its shard), smoothed with the version
       in use by the Box Smooth Module (an image for which the generator finds nothing keeps its priors),
-      gathered, written as the next version by the main process, then made active in every process (and
+      written by each process as its shard of the next version, which the main process commits
+      (``generation.publish_version``: no process gathers the priors), then made active in every process (and
       so in their data-loader workers).
     - the version in use is part of the checkpoint (``state_dict``), so a resumed run continues with
       exactly the supervision it had.
@@ -90,13 +91,12 @@ class PriorRefreshHook(HookBase):
                                  model=unwrap_model(self.trainer.model))
         self.active.set_version(0)
 
-    def _write(self, version, priors, info):
-        ids = sorted(priors)
+    def _publish(self, version, shard_arrays, info):
+        """Write ``version`` from every rank's shard (every process calls it; no rank gathers the priors)."""
         overwrite = version in self.active.bank.versions()
-        if overwrite:
+        if overwrite and comm.is_main_process():
             logger.warning("Prior bank version %d exists from an earlier, unfinished run: replacing it", version)
-        self.active.bank.write_version(version, ids, [priors[i][0] for i in ids], [priors[i][1] for i in ids],
-                                       info=info, overwrite=overwrite)
+        publish_version(self.active.bank, version, shard_arrays, info=info, overwrite=overwrite)
 
     def refresh(self):
         """Generate, smooth and publish the next prior version (every process takes part)."""
@@ -107,14 +107,15 @@ class PriorRefreshHook(HookBase):
         current = self.generator(model, local, previous)
         smoothed, kept = merge_refresh(previous, current, [d["image_id"] for d in local], momentum=self.momentum,
                                        iou_threshold=self.iou_threshold, topk=self.topk)
-        priors = gather_priors(smoothed)
+        del current
+        shard_arrays = priors_to_arrays(smoothed)  # this rank's shard as arrays, no Python object per image
+        del smoothed
         kept = sum(comm.all_gather(kept))
         version = previous.version + 1
-        if comm.is_main_process():
-            self._write(version, priors, {"source": self.generator_name, "iteration": self.trainer.iter + 1,
-                                          "momentum": self.momentum, "iou_threshold": self.iou_threshold,
-                                          "images_kept_previous": kept})
-        comm.synchronize()
+        self._publish(version, shard_arrays, {"source": self.generator_name, "iteration": self.trainer.iter + 1,
+                                              "momentum": self.momentum, "iou_threshold": self.iou_threshold,
+                                              "images_kept_previous": kept})
+        del shard_arrays
         self.active.set_version(version)
         logger.info("Prior bank version %d at iteration %d (%s): %.1f s, %d images where nothing was found kept "
                     "their priors", version, self.trainer.iter + 1, self.generator_name, time.perf_counter() - start,

@@ -40,7 +40,8 @@ __all__ = ["PriorBank", "PriorVersion", "FILTER_REASONS", "check_priors", "usabl
 logger = logging.getLogger("joindet")
 
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
-# folders of writes in progress (or interrupted): .tmp-v0003-<pid>-<random>, .old-v0003-<pid>-<random>
+# folders of writes in progress (or interrupted): .tmp-v0003-<pid>-<random>, .old-v0003-<pid>-<random>, and the
+# staging folders of multi-process writes, .tmp-v0003-<pid of the main process>-shards-<random>
 _WRITER_DIR = re.compile(r"^\.(?P<kind>tmp|old)-(?P<name>v\d{4,})-(?P<pid>\d+)-")
 _ARRAY_FILES = ("image_ids", "offsets", "boxes", "scores")
 _META_FILE = "meta.json"
@@ -371,6 +372,15 @@ class PriorBank:
             raise
         return self.read(version)
 
+    def make_staging_dir(self, version: int) -> Path:
+        """A new, empty folder inside the bank root where the processes of a run write their shards of
+        ``version`` before the main process commits it (``joindet.priors.generation.publish_version``).
+        It is named ``.tmp-vNNNN-<pid>-shards-*`` after this (the main) process, so that :meth:`recover`
+        removes it once that process is gone; it is never taken for a version."""
+        name = _version_dirname(_check_version(version))
+        self.root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".tmp-{name}-{os.getpid()}-shards-", dir=self.root))
+
     def _refuse_existing(self, version: int, overwrite: bool) -> None:
         path = self.root / _version_dirname(version)
         if not overwrite and os.path.lexists(path):
@@ -407,8 +417,9 @@ class PriorBank:
 
         - a version that was being replaced and had been moved aside (``.old-vNNNN-<pid>-*``) while its
           replacement had not yet been renamed into place is put back;
-        - the temporary folders of writes that never finished (``.tmp-vNNNN-<pid>-*``, and what is left
-          of moved-aside versions) are removed.
+        - the temporary folders of writes that never finished (``.tmp-vNNNN-<pid>-*``, the shard staging
+          folders of multi-process writes ``.tmp-vNNNN-<pid>-shards-*`` among them, and what is left of
+          moved-aside versions) are removed.
         Folders of a writer process that is still alive are left alone. Returns what was done, one line each.
         """
         done = []

@@ -1,7 +1,9 @@
 """Run a model over images and turn its patch features into object priors (NCut); helpers to shard
-the work over processes and gather the results."""
+the work over processes and publish the results as one bank version."""
 import logging
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,10 +13,13 @@ from detectron2.data.common import ToIterableDataset
 from detectron2.utils import comm
 
 from ..utils.progress import log_progress
-from .bank import FILTER_REASONS, usable_priors
+from .bank import FILTER_REASONS, check_priors, usable_priors
 from .ncut import priors_from_features
 
-__all__ = ["generate_ncut_priors", "run_over_images", "gather_priors", "shard", "center_features"]
+__all__ = ["generate_ncut_priors", "run_over_images", "priors_to_arrays", "publish_version", "shard",
+           "center_features"]
+
+_SHARD_ARRAYS = ("image_ids", "boxes", "scores", "offsets")
 
 logger = logging.getLogger("joindet")
 
@@ -24,14 +29,70 @@ def shard(items):
     return list(items)[comm.get_rank()::comm.get_world_size()]
 
 
-def gather_priors(local):
-    """local: dict image_id -> (boxes, scores) of this rank's shard. Returns the union over all ranks."""
+def priors_to_arrays(priors):
+    """dict image_id -> (boxes (k, 4), scores (k,)) as the concatenated arrays of a bank version:
+    (image_ids int64 (n,) ascending, boxes float32 (N, 4), scores float32 (N,), offsets int64 (n + 1,)).
+    Shapes are checked per image as ``PriorBank.write_version`` checks them."""
+    ids = np.array(sorted(priors), dtype=np.int64)
+    boxes, scores = [], []
+    for i in ids.tolist():
+        b, s = priors[i]
+        b, s = check_priors(np.asarray(b, np.float32), np.asarray(s, np.float32), f"image {i}")
+        boxes.append(b)
+        scores.append(s)
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in boxes], out=offsets[1:])
+    boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
+    scores = np.concatenate(scores) if scores else np.zeros((0,), np.float32)
+    return ids, boxes, scores, offsets
+
+
+def publish_version(bank, version, shard_arrays, info=None, overwrite=False):
+    """Write bank version ``version`` from every rank's shard; every process of the run calls it.
+
+    ``shard_arrays``: this rank's priors as :func:`priors_to_arrays` returns them (disjoint image ids over
+    the ranks). On one process the version is written directly. On more, no rank gathers the priors: each
+    writes its shard as ``.npy`` files into a staging folder inside the bank root (named by the main process
+    ``.tmp-vNNNN-<pid>-shards-*``, so that ``PriorBank.recover`` removes it after a killed run), then the main
+    process reads the shards memory-mapped, concatenates them and commits the version with
+    ``PriorBank.write_version_arrays`` (atomic, as always), removes the staging folder, and all wait for
+    it. ``info`` and ``overwrite`` are used by the main process only."""
     if comm.get_world_size() == 1:
-        return local
-    merged = {}
-    for part in comm.all_gather(local):
-        merged.update(part)
-    return merged
+        bank.write_version_arrays(version, *shard_arrays, info=info, overwrite=overwrite)
+        return
+    staging = None
+    if comm.is_main_process():
+        staging = str(bank.make_staging_dir(version))
+    staging = Path([s for s in comm.all_gather(staging) if s is not None][0])  # a path, not priors
+    try:
+        write_shard(staging, comm.get_rank(), shard_arrays)
+        comm.synchronize()
+        if comm.is_main_process():
+            commit_shards(bank, version, staging, comm.get_world_size(), info=info, overwrite=overwrite)
+    finally:
+        if comm.is_main_process():
+            shutil.rmtree(staging, ignore_errors=True)
+    comm.synchronize()
+
+
+def write_shard(staging, rank, shard_arrays):
+    """Write one rank's shard (image_ids, boxes, scores, offsets) as ``rank<r>.<name>.npy`` into ``staging``."""
+    for name, array in zip(_SHARD_ARRAYS, shard_arrays):
+        with open(Path(staging) / f"rank{rank}.{name}.npy", "wb") as f:
+            np.save(f, np.asarray(array), allow_pickle=False)
+
+
+def commit_shards(bank, version, staging, world_size, info=None, overwrite=False):
+    """Concatenate the ``world_size`` shards in ``staging`` (memory-mapped) and write them as ``version``."""
+    parts = [[np.load(Path(staging) / f"rank{r}.{name}.npy", mmap_mode="r", allow_pickle=False)
+              for name in _SHARD_ARRAYS] for r in range(world_size)]
+    ids = np.concatenate([p[0] for p in parts]).astype(np.int64)
+    boxes = np.concatenate([p[1] for p in parts]).astype(np.float32, copy=False).reshape(-1, 4)
+    scores = np.concatenate([p[2] for p in parts]).astype(np.float32, copy=False).reshape(-1)
+    offsets = np.zeros(ids.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.concatenate([np.diff(np.asarray(p[3], np.int64)) for p in parts]), out=offsets[1:])
+    del parts
+    return bank.write_version_arrays(version, ids, boxes, scores, offsets, info=info, overwrite=overwrite)
 
 
 def _numpy(x):
@@ -60,7 +121,7 @@ def run_over_images(model, dataset_dicts, mapper, fn, *, batch_size=4, num_worke
     the Box Smooth Module refuses them, and the bank would not store them.
 
     Returns dict image_id -> (boxes (k, 4) float32 XYXY in original pixels, scores (k,) float32) for every
-    usable image (this process only: shard with :func:`shard`, merge with :func:`gather_priors`); progress
+    usable image (this process only: shard with :func:`shard`, publish with :func:`publish_version`); progress
     is logged under ``what``."""
     dicts = list(dataset_dicts)
     images = ToIterableDataset(DatasetFromList(dicts, copy=False), torch.utils.data.SequentialSampler(dicts))

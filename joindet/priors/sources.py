@@ -30,12 +30,11 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from detectron2.utils import comm
 from detectron2.utils.registry import Registry
 
 from ..utils.progress import format_seconds, log_progress
 from .bank import PriorBank, PriorVersion
-from .generation import gather_priors, shard
+from .generation import priors_to_arrays, publish_version, shard
 from .random_crops import _check_frac, image_rng, random_crop_boxes
 from .selective_search import _check_settings, boxes_for_image_file
 
@@ -353,8 +352,9 @@ def load_or_compute_version0(
     ``info = {"source_key": key, "source": <registered name>, "compute_seconds": ...}``.
 
     Every process of a run calls it (``PriorRefreshHook`` does): each computes its shard of the
-    images (:func:`joindet.priors.generation.shard`), the results are gathered, the main process
-    writes the version (it is the bank's only writer) and all wait for it. One process alone is a
+    images (:func:`joindet.priors.generation.shard`) and writes it as its shard of the version, the main
+    process commits the version (it is the bank's only writer; no process gathers the priors:
+    :func:`joindet.priors.generation.publish_version`) and all wait for it. One process alone is a
     world of one.
 
     Returns:
@@ -385,12 +385,11 @@ def load_or_compute_version0(
     results = list(source(local, model=model))
     if len(results) != len(local):
         raise ValueError(f"prior source {name} returned {len(results)} results for {len(local)} images")
-    priors = gather_priors({d["image_id"]: r for d, r in zip(local, results)})
+    shard_arrays = priors_to_arrays({d["image_id"]: r for d, r in zip(local, results)})
+    del results
     seconds = time.perf_counter() - start
-    if comm.is_main_process():
-        ids = sorted(priors)
-        info = {"source_key": key, "source": name, "compute_seconds": round(seconds, 3)}
-        bank.write_version(0, ids, [priors[i][0] for i in ids], [priors[i][1] for i in ids], info=info)
-    comm.synchronize()
-    logger.info(f"prior bank {bank.root}: version 0 ({name}): {len(priors)} images in {seconds:.1f} s")
+    info = {"source_key": key, "source": name, "compute_seconds": round(seconds, 3)}
+    publish_version(bank, 0, shard_arrays, info=info)  # each process writes its shard, the main one commits
+    del shard_arrays
+    logger.info(f"prior bank {bank.root}: version 0 ({name}): {len(bank.read(0))} images in {seconds:.1f} s")
     return bank.read(0)

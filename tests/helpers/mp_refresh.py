@@ -6,7 +6,8 @@ equivalence test (test code, not shipped)::
 Every process builds the tiny pretraining trainer with the same seed (so the same initial weights),
 makes version 0 and then version 1 of the bank in OUT_DIR/prior_bank with the hook's own code. The main
 process writes OUT_DIR/ranks.json: per rank, the image ids of its refresh shard and of the low-data
-split ``synth_train_10pct``. With ``--fail-rank R``, rank R raises in its refresh generator (the other
+split ``synth_train_10pct``, and the type and pickled size of every ``comm.all_gather`` payload of
+version 0 and the refresh. With ``--fail-rank R``, rank R raises in its refresh generator (the other
 ranks then wait in the gather).
 """
 import argparse
@@ -16,6 +17,21 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(TESTS.parent), str(TESTS)]
+
+
+def _record_all_gathers(comm):
+    """Replace ``comm.all_gather`` by a recorder of each payload's type and pickled size."""
+    import pickle
+    from types import SimpleNamespace
+
+    record = SimpleNamespace(original=comm.all_gather, payloads=[])
+
+    def recording_all_gather(data, group=None):
+        record.payloads.append({"type": type(data).__name__, "bytes": len(pickle.dumps(data))})
+        return record.original(data, group=group)
+
+    comm.all_gather = recording_all_gather
+    return record
 
 
 def worker(out_dir, fail_rank):
@@ -37,6 +53,7 @@ def worker(out_dir, fail_rank):
     trainer = JoinDetTrainer(cfg)
     trainer.resume_or_load(resume=False)
     hook = trainer.prior_hook
+    gathered = _record_all_gathers(comm)  # what version 0 and the refresh all_gather (no priors: issue 13)
     if comm.get_rank() == fail_rank:
         def failing_generator(model, dicts, previous):
             raise RuntimeError(f"injected failure in the refresh generator of rank {comm.get_rank()}")
@@ -46,7 +63,9 @@ def worker(out_dir, fail_rank):
         hook._ensure_version0()
         trainer.iter = 1  # the refresh after iteration 2
         hook.refresh()
+    comm.all_gather = gathered.original
     ranks = comm.all_gather({
+        "gathers": gathered.payloads,
         "rank": comm.get_rank(),
         "shard": [d["image_id"] for d in shard(hook.dataset_dicts)],
         "low_data_split": sorted(d["image_id"] for d in DatasetCatalog.get("synth_train_10pct")),
