@@ -2,6 +2,7 @@
 (under ``$JOINDET_CACHE``), yacs configs built from ``configs/mini/deformable_detr_synth.yaml``
 with tiny overrides, and batches of mapped synthetic images."""
 
+import json
 import logging
 import os
 import random
@@ -87,6 +88,16 @@ def run_train_net(args, env, timeout=240):
         [sys.executable, str(REPO_ROOT / "train_net.py"), *args],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
     )
+
+
+def read_folder_bytes(folder):
+    """{file name: bytes} of every file directly in ``folder`` (byte-identity checks of generated data)."""
+    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
+
+
+def load_json(json_path):
+    with open(json_path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def free_port():

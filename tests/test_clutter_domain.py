@@ -1,7 +1,6 @@
 """Tests of the built-in clutter domain (joindet.data.clutter): tiny splits under tmp_path, drawn by the
 same files-and-registration machinery as the synthetic shapes (joindet.data.synthetic)."""
 
-import json
 import os
 
 import numpy as np
@@ -30,16 +29,9 @@ from joindet.data.synthetic import (
     synthetic_dir_name,
 )
 
+from conftest import load_json, read_folder_bytes
+
 SIZE = 64
-
-
-def _read_bytes(folder):
-    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
-
-
-def _load(json_path):
-    with open(json_path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def test_same_seed_gives_identical_files_and_other_seeds_or_splits_differ(tmp_path):
@@ -48,9 +40,9 @@ def test_same_seed_gives_identical_files_and_other_seeds_or_splits_differ(tmp_pa
     c = generate_clutter_split(tmp_path / "c", "train", 6, image_size=SIZE, seed=4)
     v = generate_clutter_split(tmp_path / "a", "val", 6, image_size=SIZE, seed=3)
     assert open(a, "rb").read() == open(b, "rb").read()
-    files_a, files_b = _read_bytes(tmp_path / "a" / "train"), _read_bytes(tmp_path / "b" / "train")
+    files_a, files_b = read_folder_bytes(tmp_path / "a" / "train"), read_folder_bytes(tmp_path / "b" / "train")
     assert len(files_a) == 6 and files_a == files_b
-    files_c, files_v = _read_bytes(tmp_path / "c" / "train"), _read_bytes(tmp_path / "a" / "val")
+    files_c, files_v = read_folder_bytes(tmp_path / "c" / "train"), read_folder_bytes(tmp_path / "a" / "val")
     assert all(files_c[n] != files_a[n] for n in files_a) and all(files_v[n] != files_a[n] for n in files_a)
     assert open(c, "rb").read() != open(a, "rb").read() and os.path.isfile(v)
     assert not [p for p in os.listdir(tmp_path / "a") if ".tmp-" in p]
@@ -64,7 +56,7 @@ def test_same_seed_gives_identical_files_and_other_seeds_or_splits_differ(tmp_pa
 
 def test_coco_json_is_well_formed_and_matches_the_drawn_objects(tmp_path):
     json_path = generate_clutter_split(tmp_path, "val", 6, image_size=SIZE, seed=1)
-    coco = _load(json_path)
+    coco = load_json(json_path)
     assert coco["info"]["description"] == "JoinDet synthetic clutter"
     assert (coco["info"]["min_objects"], coco["info"]["max_objects"]) == (5, 25)
     assert coco["categories"] == [
@@ -133,7 +125,7 @@ def test_instances_match_their_masks_and_clutter_is_not_annotated():
 
 
 def test_every_class_appears_in_a_small_split(tmp_path):
-    coco = _load(generate_clutter_split(tmp_path, "train", 6, image_size=SIZE, seed=0))
+    coco = load_json(generate_clutter_split(tmp_path, "train", 6, image_size=SIZE, seed=0))
     counts = np.bincount([a["category_id"] for a in coco["annotations"]], minlength=len(CLUTTER_CLASSES) + 1)
     assert counts[0] == 0 and (counts[1:] >= 3).all(), counts
 
@@ -152,15 +144,15 @@ def test_cache_is_reused_and_regenerated_when_settings_change(tmp_path):
     generate_clutter_split(tmp_path, "train", 6, image_size=SIZE, seed=0)
     assert open(image_dir / "000002.jpg", "rb").read() == reference
     generate_clutter_split(tmp_path, "train", 6, image_size=72, seed=0)  # other settings: redrawn
-    assert {(im["height"], im["width"]) for im in _load(json_path)["images"]} == {(72, 72)}
+    assert {(im["height"], im["width"]) for im in load_json(json_path)["images"]} == {(72, 72)}
     generate_clutter_split(tmp_path, "train", 6, image_size=72, seed=0, max_objects=8)
-    assert max(np.bincount([a["image_id"] for a in _load(json_path)["annotations"]])) <= 8
+    assert max(np.bincount([a["image_id"] for a in load_json(json_path)["annotations"]])) <= 8
 
     # A shapes split asked for in the same folder is not mistaken for the clutter one (and back).
     generate_synthetic_split(tmp_path, "train", 6, image_size=72, seed=0)
-    assert _load(json_path)["info"]["description"] == "JoinDet synthetic shapes"
+    assert load_json(json_path)["info"]["description"] == "JoinDet synthetic shapes"
     generate_clutter_split(tmp_path, "train", 6, image_size=72, seed=0)
-    assert _load(json_path)["info"]["description"] == "JoinDet synthetic clutter"
+    assert load_json(json_path)["info"]["description"] == "JoinDet synthetic clutter"
 
 
 def test_one_implementation_serves_both_domains(tmp_path, monkeypatch):

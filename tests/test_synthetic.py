@@ -1,6 +1,5 @@
 """Tests of the built-in synthetic shapes dataset (tiny splits, written under tmp_path)."""
 
-import json
 import os
 
 import numpy as np
@@ -17,14 +16,7 @@ from joindet.data.synthetic import (
     synthetic_dir_name,
 )
 
-
-def _read_bytes(folder):
-    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
-
-
-def _load(json_path):
-    with open(json_path, encoding="utf-8") as f:
-        return json.load(f)
+from conftest import load_json, read_folder_bytes
 
 
 def test_same_seed_gives_identical_files_and_other_seeds_or_splits_differ(tmp_path):
@@ -34,9 +26,9 @@ def test_same_seed_gives_identical_files_and_other_seeds_or_splits_differ(tmp_pa
     v = generate_synthetic_split(tmp_path / "a", "val", 12, image_size=64, seed=3)
     assert a == os.path.join(str(tmp_path / "a"), "train.json")
     assert open(a, "rb").read() == open(b, "rb").read()
-    files_a, files_b = _read_bytes(tmp_path / "a" / "train"), _read_bytes(tmp_path / "b" / "train")
+    files_a, files_b = read_folder_bytes(tmp_path / "a" / "train"), read_folder_bytes(tmp_path / "b" / "train")
     assert len(files_a) == 12 and files_a == files_b
-    files_c, files_v = _read_bytes(tmp_path / "c" / "train"), _read_bytes(tmp_path / "a" / "val")
+    files_c, files_v = read_folder_bytes(tmp_path / "c" / "train"), read_folder_bytes(tmp_path / "a" / "val")
     assert sorted(files_c) == sorted(files_a)
     # Another seed, or another split with the same seed, shares no image at all.
     assert all(files_c[name] != files_a[name] for name in files_a)
@@ -51,7 +43,7 @@ def test_same_seed_gives_identical_files_and_other_seeds_or_splits_differ(tmp_pa
 
 def test_coco_json_is_well_formed_and_boxes_lie_inside(tmp_path):
     json_path = generate_synthetic_split(tmp_path, "val", 12, image_size=96, seed=1, max_objects=6)
-    coco = _load(json_path)
+    coco = load_json(json_path)
     assert coco["categories"] == [
         {"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPE_CLASSES)
     ]
@@ -116,7 +108,7 @@ def test_occluded_objects_keep_enough_of_their_pixels():
 
 
 def test_every_class_appears_in_a_small_split(tmp_path):
-    coco = _load(generate_synthetic_split(tmp_path, "train", 40, image_size=64, seed=0))
+    coco = load_json(generate_synthetic_split(tmp_path, "train", 40, image_size=64, seed=0))
     counts = np.bincount([a["category_id"] for a in coco["annotations"]], minlength=len(SHAPE_CLASSES) + 1)
     assert counts[0] == 0 and (counts[1:] >= 3).all(), counts
 
@@ -136,7 +128,7 @@ def test_second_call_uses_the_cache_and_stale_splits_are_replaced(tmp_path):
     generate_synthetic_split(tmp_path, "train", 6, image_size=64, seed=0)
     assert open(image_dir / "000003.jpg", "rb").read() == reference
     generate_synthetic_split(tmp_path, "train", 6, image_size=72, seed=0)
-    coco = _load(json_path)
+    coco = load_json(json_path)
     assert {(im["height"], im["width"]) for im in coco["images"]} == {(72, 72)}
     with Image.open(image_dir / "000003.jpg") as pil:
         assert pil.size == (72, 72)
@@ -208,7 +200,7 @@ def test_register_synthetic(tmp_path, catalogs):
 
     train = DatasetCatalog.get(prefix + "_train")
     train_root = tmp_path / synthetic_dir_name(10, 64, 2)
-    coco = _load(train_root / "train.json")
+    coco = load_json(train_root / "train.json")
     assert [d["image_id"] for d in train] == list(range(1, 11))
     expected = {}
     for ann in coco["annotations"]:
@@ -275,7 +267,7 @@ def test_json_scores_perfect_predictions_as_ap_one_with_pycocotools(tmp_path):
     gt = COCO(json_path)
     dets = [
         {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
-        for a in _load(json_path)["annotations"]
+        for a in load_json(json_path)["annotations"]
     ]
     evaluator = COCOeval(gt, gt.loadRes(dets), "bbox")
     evaluator.evaluate()

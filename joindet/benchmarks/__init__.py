@@ -1,8 +1,14 @@
 """Benchmark scripts: ``python -m joindet.benchmarks.<name>``; each prints a table, writes JSON, and
 measures its ratios side by side in one run (medians after a warm-up)."""
+import argparse
 import json
+import os
 
-__all__ = ["markdown_table", "mini_pretraining_cfg", "write_rows"]
+__all__ = ["MINI_PRETRAIN_CONFIG", "markdown_table", "mini_pretraining_cfg", "mini_pretraining_parser", "write_rows"]
+
+
+MINI_PRETRAIN_CONFIG = os.path.normpath(
+    os.path.join(os.path.dirname(__file__), "..", "..", "configs", "mini", "pretrain_synth.yaml"))
 
 
 def markdown_table(rows, cols):
@@ -24,8 +30,6 @@ def mini_pretraining_cfg(config_file, output_dir, num_images, settings=(), opts=
     ``num_images`` images of its own (``<output_dir>/synthetic``: the shared cache is not touched), no
     prior-quality evaluation, ``OUTPUT_DIR`` ``<output_dir>/run``, then the benchmark's ``settings`` and the
     user's ``opts`` (KEY VALUE lists); validated, datasets registered. Returns a mutable cfg."""
-    import os
-
     from detectron2.config import get_cfg
 
     from joindet.config import add_joindet_config, validate_config
@@ -41,3 +45,17 @@ def mini_pretraining_cfg(config_file, output_dir, num_images, settings=(), opts=
     validate_config(cfg)
     register_datasets(cfg)
     return cfg
+
+
+def mini_pretraining_parser(name, description, num_images, output_dir):
+    """The command line shared by the benchmarks that run an in-process mini pretraining
+    (:func:`mini_pretraining_cfg`): ``--config-file``, ``--num-images``, ``--output-dir``, ``--json`` and trailing
+    ``KEY VALUE`` overrides; the caller adds its own options."""
+    p = argparse.ArgumentParser(prog=f"python -m joindet.benchmarks.{name}", description=description)
+    p.add_argument("--config-file", default=MINI_PRETRAIN_CONFIG)
+    p.add_argument("--num-images", type=int, default=num_images,
+                   help=f"synthetic training images (default {num_images})")
+    p.add_argument("--output-dir", default=output_dir)
+    p.add_argument("--json", default="", help="write the rows here")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return p

@@ -29,16 +29,13 @@ epoch, refresh seconds per image, the stages); the JSON rows (``--json``) hold t
 On a shared machine the absolute times move with the load; the ratio, measured minutes apart in one
 process, moves less.
 """
-import argparse
 import math
-import os
 import statistics
 import time
 from typing import Optional, Sequence
 
-from joindet.benchmarks import markdown_table, mini_pretraining_cfg, write_rows
+from joindet.benchmarks import markdown_table, mini_pretraining_cfg, mini_pretraining_parser, write_rows
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "mini", "pretrain_synth.yaml")
 WARMUP_ITERS = 2
 DEFAULT_GENERATORS = ("rescore", "ncut_encoder")
 TARGET_PCT = 10.0  # a refresh every 10 epochs at full scale: <= 10% of an epoch keeps it <= 1% of training
@@ -47,14 +44,9 @@ COLUMNS = ["generator", "epoch_s", "refresh_s", "refresh_pct_of_epoch", "s_per_i
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m joindet.benchmarks.refresh", description=__doc__.split("\n\n")[1])
-    p.add_argument("--config-file", default=os.path.normpath(CONFIG))
-    p.add_argument("--num-images", type=int, default=100, help="synthetic training images (default 100)")
+    p = mini_pretraining_parser("refresh", __doc__.split("\n\n")[1], num_images=100, output_dir="output/refresh_bench")
     p.add_argument("--generators", nargs="+", default=list(DEFAULT_GENERATORS),
                    help=f"refresh generators to time (default: {' '.join(DEFAULT_GENERATORS)})")
-    p.add_argument("--output-dir", default="output/refresh_bench")
-    p.add_argument("--json", default="", help="write the rows here")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p
 
 

@@ -15,27 +15,19 @@ iteration, bank version, both RSS figures in MiB, and their growth since the sec
 refreshes still allocate lasting buffers: the model's autograd and allocator caches, the data loader). A leak shows as growth that
 keeps rising with every refresh; the target is a few percent at most after the second one.
 """
-import argparse
 import gc
-import os
 import time
 from typing import Optional, Sequence
 
-from joindet.benchmarks import markdown_table, mini_pretraining_cfg, write_rows
+from joindet.benchmarks import markdown_table, mini_pretraining_cfg, mini_pretraining_parser, write_rows
 from joindet.utils.memory import release_free_heap, rss_mib
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "mini", "pretrain_synth.yaml")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m joindet.benchmarks.soak", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config-file", default=os.path.normpath(CONFIG))
+    p = mini_pretraining_parser("soak", __doc__.split("\n\n")[0], num_images=100, output_dir="output/soak")
     p.add_argument("--iters", type=int, default=60, help="training iterations (default 60)")
     p.add_argument("--period", type=int, default=5, help="iterations between refreshes (default 5)")
-    p.add_argument("--num-images", type=int, default=100, help="synthetic training images (default 100)")
-    p.add_argument("--output-dir", default="output/soak")
-    p.add_argument("--json", default="", help="write the rows here")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p
 
 

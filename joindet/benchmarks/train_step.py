@@ -26,15 +26,13 @@ projections, position embeddings, the transformer's flattening and proposals, ta
 ``--iters`` steps; the share of a stage is its time summed over the measured steps over the steps' summed
 time, so the shares add up to 100%. On a shared machine the absolute times move with the load.
 """
-import argparse
 import os
 import statistics
 import time
 from typing import Optional, Sequence
 
-from joindet.benchmarks import markdown_table, mini_pretraining_cfg, write_rows
+from joindet.benchmarks import markdown_table, mini_pretraining_cfg, mini_pretraining_parser, write_rows
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "mini", "pretrain_synth.yaml")
 WARMUP_ITERS = 2
 TOTAL = "step (total)"
 # the stages in step order (each exclusive of the others), with what each covers
@@ -55,13 +53,9 @@ COLUMNS = ["stage", "median_ms", "share_pct", "covers"]
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m joindet.benchmarks.train_step", description=__doc__.split("\n\n")[1])
-    p.add_argument("--config-file", default=os.path.normpath(CONFIG))
+    p = mini_pretraining_parser("train_step", __doc__.split("\n\n")[1], num_images=32,
+                                output_dir="output/train_step_bench")
     p.add_argument("--iters", type=int, default=6, help="measured steps after 2 warm-up steps (default 6)")
-    p.add_argument("--num-images", type=int, default=32, help="synthetic training images (default 32)")
-    p.add_argument("--output-dir", default="output/train_step_bench")
-    p.add_argument("--json", default="", help="write the rows here")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p
 
 

@@ -16,6 +16,7 @@ ends the training loop and ``train_net.py`` returns normally.
 """
 import itertools
 import logging
+import os
 import random
 import signal
 import threading
@@ -167,6 +168,6 @@ class PreemptionHook(HookBase):
         name = f"model_{iteration:07d}"
         self.checkpointer.save(name, iteration=iteration)  # only the main process writes
         comm.synchronize()
-        path = f"{self.checkpointer.save_dir}/{name}.pth"
+        path = os.path.join(self.checkpointer.save_dir, f"{name}.pth")
         logger.warning("SIGTERM: saved %s after iteration %d; continue with --resume", path, iteration)
         raise TrainingPreempted(iteration, path)
