@@ -6,8 +6,13 @@ Supplement section 4 / DESIGN.md section 1 "Object priors from the model's own e
 2. the second-smallest generalised eigenvector ``y1`` of ``(D - U) y = lambda D y`` (Eq. 4), solved
    through the symmetric normalised Laplacian ``L_sym = I - D^-1/2 U D^-1/2``: if
    ``L_sym z = lambda z`` then ``y = D^-1/2 z`` (the supplement writes ``z = D^-1/2 y``; the
-   substitution that makes Eq. 4 into Eq. 5 is ``z = D^1/2 y``). The whole batch is one batched
-   ``torch.linalg.eigh`` call on the features' device, in float64;
+   substitution that makes Eq. 4 into Eq. 5 is ``z = D^1/2 y``). Only that one eigenvector is
+   computed: batched Lanczos iterations in float32 on the features' device, stopped as soon as the
+   Ritz residual is small (``solver="lanczos"``, the default), with a float64 ``eigh`` of the valid
+   nodes where it does not converge and for small graphs; ``solver="dense"``, one batched float64
+   ``torch.linalg.eigh`` of the whole padded graph, is the reference. The affinity is kept as its
+   0/1 thresholded adjacency (the ``eps`` part is rank one and applied to vectors), computed once per
+   batch and shared by every round;
 3. a sign fix so that the foreground (the side of the bipartition holding the largest ``|y1|``) is
    the part above the mean, unless most border patches would then be foreground;
 4. connected components of the foreground, one box each plus the box of the whole foreground,
@@ -47,6 +52,8 @@ LANCZOS_STEPS = 40  # Krylov dimension of one Lanczos run
 LANCZOS_RESTARTS = 2  # restarts from the Ritz vector before the dense fallback
 LANCZOS_TOL = 1e-4  # Ritz residual |A z - theta z| (z of unit norm) below which a graph has converged
 LANCZOS_MIN_NODES = 128  # smaller graphs go to the dense solver (as fast there, and exact)
+LANCZOS_MIN_STEPS = 6  # Lanczos steps before the first convergence check
+LANCZOS_CHECK_EVERY = 2  # steps between the (free) convergence checks of a run
 
 
 def _check_graph_args(features: torch.Tensor, tau: float, eps: float,
@@ -74,7 +81,7 @@ def _check_graph_args(features: torch.Tensor, tau: float, eps: float,
 
 def affinity_matrix(features: torch.Tensor, tau: float = 0.2, eps: float = 1e-5,
                     valid: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Thresholded cosine affinity (supplement Eq. 1), batched.
+    """Thresholded cosine affinity (supplement Eq. 1), batched -- the materialised reference.
 
     Args:
         features: (B, N, c) float patch features.
@@ -86,25 +93,44 @@ def affinity_matrix(features: torch.Tensor, tau: float = 0.2, eps: float = 1e-5,
         U: (B, N, N) float64; rows and columns of invalid nodes are 0. Zero feature vectors have
         cosine 0 with every node (themselves included).
     """
-    U = _graph(features, tau, eps, _EIGH_DTYPE)
+    U = _affinity(_adjacency(features, tau, _EIGH_DTYPE), eps)
     if valid is not None:
         U = U * (valid[:, :, None] & valid[:, None, :])
     return U
 
 
-def _graph(features: torch.Tensor, tau: float, eps: float, dtype: torch.dtype) -> torch.Tensor:
-    """The thresholded cosine affinity of all node pairs (B, N, N) in ``dtype``, before any masking."""
+def _adjacency(features: torch.Tensor, tau: float, dtype: torch.dtype) -> torch.Tensor:
+    """(B, N, N) in ``dtype``: 1 where ``cos(f_i, f_j) >= tau``, else 0 (all node pairs, before masking).
+
+    The solvers work on this 0/1 matrix: the affinity is ``U = eps + (1 - eps) * adjacency``, and its
+    constant ``eps`` part is a rank-one term applied to vectors in O(N) (``U x = (1 - eps) adj x +
+    eps sum(x)``), so no N x N temporary beyond the Gram matrix (thresholded in place) is ever made.
+    """
     f = torch.nn.functional.normalize(features.to(dtype), dim=-1)
-    cos = f @ f.transpose(1, 2)
-    return torch.where(cos >= tau, torch.ones_like(cos), torch.full_like(cos, eps))
+    return (f @ f.transpose(1, 2)).ge_(tau)
 
 
-def _has_structure(U: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: at least two valid nodes and not all affinities between valid nodes equal."""
-    pair = valid[:, :, None] & valid[:, None, :]
-    u_max = U.masked_fill(~pair, float("-inf")).amax(dim=(1, 2))
-    u_min = U.masked_fill(~pair, float("inf")).amin(dim=(1, 2))
-    return (valid.sum(-1) >= 2) & (u_max > u_min)
+def _affinity(adjacency: torch.Tensor, eps: float) -> torch.Tensor:
+    """The affinity U (1 or eps per pair, exactly) of a 0/1 adjacency."""
+    return torch.where(adjacency > 0, adjacency.new_tensor(1.0), adjacency.new_tensor(eps))
+
+
+def _similar_counts(adjacency: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, N): for each node, the number of valid nodes it is similar to (exact integers in float)."""
+    return torch.bmm(adjacency, valid.to(adjacency.dtype)[:, :, None])[..., 0]
+
+
+def _has_structure(counts: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: at least two valid nodes and not all affinities between valid nodes equal.
+
+    The valid block of a two-valued affinity is constant iff every valid node is similar to all ``n``
+    valid nodes or every one to none of them: read off :func:`_similar_counts` (one product with the
+    adjacency, which also gives the degrees).
+    """
+    n = valid.sum(-1).to(counts.dtype)
+    full = ((counts == n[:, None]) | ~valid).all(-1)
+    empty = ((counts == 0) | ~valid).all(-1)
+    return (n >= 2) & ~full & ~empty
 
 
 def _dense_second(U: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -120,42 +146,71 @@ def _dense_second(U: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return vecs[:, :, 1] * inv_sqrt * valid
 
 
-def _lanczos_second(U: torch.Tensor, valid: torch.Tensor, steps: int = LANCZOS_STEPS,
-                    restarts: int = LANCZOS_RESTARTS, tol: float = LANCZOS_TOL):
+def _dense_second_compact(adjacency: torch.Tensor, eps: float, valid: torch.Tensor) -> torch.Tensor:
+    """:func:`_dense_second` on each graph's valid nodes only (its cost is cubic in the nodes it is given:
+    a small graph padded to a large grid, or a late round's few remaining nodes, must not pay for the
+    detached ones); the same result."""
+    y = torch.zeros(adjacency.shape[:2], dtype=_EIGH_DTYPE, device=adjacency.device)
+    for b in range(adjacency.shape[0]):
+        idx = valid[b].nonzero()[:, 0]
+        sub = _affinity(adjacency[b][idx][:, idx].to(_EIGH_DTYPE), eps)[None]
+        y[b, idx] = _dense_second(sub, torch.ones_like(idx, dtype=torch.bool)[None])[0]
+    return y
+
+
+def _lanczos_second(adjacency: torch.Tensor, eps: float, valid: torch.Tensor, counts: torch.Tensor,
+                    steps: int = LANCZOS_STEPS, restarts: int = LANCZOS_RESTARTS, tol: float = LANCZOS_TOL):
     """Partial solver: the second eigenvector by batched Lanczos iterations in float32.
 
     Works on the normalised affinity ``A = D^-1/2 U D^-1/2`` of the valid nodes (its largest eigenvalue
     is 1, with the trivial eigenvector ``z0 = D^1/2 1``): Lanczos with full re-orthogonalisation, kept
     orthogonal to ``z0``, finds the largest eigenvalue of ``A`` on the complement, i.e. the second-smallest
-    of ``L_sym = I - A``; restarted from its Ritz vector up to ``restarts`` times. ``A`` is never formed:
-    each step is one product with ``U`` for the whole batch, the masking of invalid nodes and the degree
-    scaling applied to the vectors, so one unmasked ``U`` serves every NCut round.
+    of ``L_sym = I - A``; restarted from its Ritz vector up to ``restarts`` times. Neither ``A`` nor ``U``
+    is formed: each step is one product with the 0/1 ``adjacency`` for the whole batch, the ``eps`` term,
+    the masking of invalid nodes and the degree scaling applied to the vectors, so one unmasked adjacency
+    serves every NCut round. ``counts``: :func:`_similar_counts` of the valid nodes (gives the degrees).
+
+    A run stops early: every ``LANCZOS_CHECK_EVERY`` steps (from ``LANCZOS_MIN_STEPS``) the small
+    tridiagonal matrix is solved and the Ritz residual is read off it for free
+    (``|beta_j s_j|``, the last component of the Ritz vector times the last off-diagonal); once it is below
+    ``tol / 2`` for every graph, no more products are made. The final residual is then computed
+    explicitly (one more product).
 
     Returns (y1 (B, N) float32 scaled so that ``y1^T D y1 = 1``, converged (B,) bool): a graph converged
     when the Ritz residual ``|A z - theta z|`` is below ``tol``.
     """
-    B, N, _ = U.shape
-    U = U.to(torch.float32)
+    B, N, _ = adjacency.shape
+    adjacency = adjacency.to(torch.float32)
     vf = valid.to(torch.float32)
-    deg = torch.bmm(U, vf[:, :, None])[..., 0] * vf
+    n = vf.sum(-1, keepdim=True)
+    deg = ((1.0 - eps) * counts.to(torch.float32) + eps * n) * vf
     inv_sqrt = torch.where(valid, deg.clamp(min=1e-30).rsqrt(), torch.zeros_like(deg))
 
     def apply_a(x):  # (B, N) -> A x
-        return inv_sqrt * torch.bmm(U, (inv_sqrt * x)[:, :, None])[..., 0]
+        y = inv_sqrt * x
+        u_y = (1.0 - eps) * torch.bmm(adjacency, y[:, :, None])[..., 0] + eps * y.sum(-1, keepdim=True)
+        return inv_sqrt * u_y
+
+    def ritz(alpha, beta, k):  # top Ritz pair of the first k steps: values (B,), vectors (B, k), residuals (B,)
+        off = beta[:, :k - 1].double()
+        T = torch.diag_embed(alpha[:, :k].double()) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+        theta, S = torch.linalg.eigh(T)
+        return theta[:, -1], S[:, :, -1], (beta[:, k - 1].double() * S[:, -1, -1]).abs()
 
     z0 = deg.clamp(min=0).sqrt()
     z0 = z0 / z0.norm(dim=-1, keepdim=True).clamp(min=1e-30)
     m = max(2, min(int(steps), N - 1))
     # deterministic start: a fixed pseudo-random pattern over the nodes (the global RNG is not touched)
-    idx = torch.arange(N, device=U.device, dtype=torch.float32)
+    idx = torch.arange(N, device=adjacency.device, dtype=torch.float32)
     z = (torch.sin(idx * 12.9898 + 1.0) * 43758.5453).frac()[None] * vf
-    converged = torch.zeros(B, dtype=torch.bool, device=U.device)
+    converged = torch.zeros(B, dtype=torch.bool, device=adjacency.device)
     for _ in range(int(restarts) + 1):
-        Q = U.new_zeros((B, m + 1, N))
-        alpha = U.new_zeros((B, m))
-        beta = U.new_zeros((B, m))
+        Q = adjacency.new_zeros((B, m + 1, N))
+        alpha = adjacency.new_zeros((B, m))
+        beta = adjacency.new_zeros((B, m))
         v = z - (z * z0).sum(-1, keepdim=True) * z0
         Q[:, 0] = v / v.norm(dim=-1, keepdim=True).clamp(min=1e-30)
+        k = m
         for j in range(m):
             w = apply_a(Q[:, j])
             alpha[:, j] = (w * Q[:, j]).sum(-1)
@@ -164,30 +219,40 @@ def _lanczos_second(U: torch.Tensor, valid: torch.Tensor, steps: int = LANCZOS_S
                 w = w - torch.einsum("bk,bkn->bn", torch.einsum("bkn,bn->bk", Q[:, :j + 1], w), Q[:, :j + 1])
             beta[:, j] = w.norm(dim=-1)
             Q[:, j + 1] = w / beta[:, j, None].clamp(min=1e-30)
-        off = beta[:, :-1].double()
-        T = torch.diag_embed(alpha.double()) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
-        theta, S = torch.linalg.eigh(T)
-        z = torch.einsum("bk,bkn->bn", S[:, :, -1].to(torch.float32), Q[:, :m])  # the largest Ritz value
+            if j + 1 < m and j + 1 >= LANCZOS_MIN_STEPS and (j + 1) % LANCZOS_CHECK_EVERY == 0:
+                if bool((ritz(alpha, beta, j + 1)[2] < tol / 2).all()):
+                    k = j + 1
+                    break
+        theta, s, _ = ritz(alpha, beta, k)
+        z = torch.einsum("bk,bkn->bn", s.to(torch.float32), Q[:, :k])  # the largest Ritz value's vector
         z = z / z.norm(dim=-1, keepdim=True).clamp(min=1e-30)
-        converged = (apply_a(z) - theta[:, -1, None].to(torch.float32) * z).norm(dim=-1) < tol
+        converged = (apply_a(z) - theta[:, None].to(torch.float32) * z).norm(dim=-1) < tol
         if bool(converged.all()):
             break
     return z * inv_sqrt, converged
 
 
-def second_eigenvector(U: torch.Tensor, valid: torch.Tensor, solver: str = "lanczos") -> torch.Tensor:
-    """Second-smallest generalised eigenvector of ``(D - U) y = lambda D y`` per graph.
+def _rows(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``t[mask]`` without the copy (of N x N per graph) when the mask selects every graph."""
+    return t if bool(mask.all()) else t[mask]
+
+
+def second_eigenvector(adjacency: torch.Tensor, valid: torch.Tensor, eps: float = 1e-5,
+                       solver: str = "lanczos") -> torch.Tensor:
+    """Second-smallest generalised eigenvector of ``(D - U) y = lambda D y`` per graph,
+    ``U = eps + (1 - eps) * adjacency``.
 
     ``solver="dense"``: one batched ``torch.linalg.eigh`` on ``L_sym = I - D^-1/2 U D^-1/2`` (float64),
     then ``y1 = D^-1/2 z1`` -- the reference. ``solver="lanczos"`` (default): the partial solver of
     :func:`_lanczos_second` in float32; graphs it does not converge on, or with fewer than
-    ``LANCZOS_MIN_NODES`` valid nodes, are solved by the dense path (float64). Invalid nodes are
-    detached (see the module docstring).
+    ``LANCZOS_MIN_NODES`` valid nodes, are solved by the dense path (float64) on their valid nodes.
+    Invalid nodes are detached (see the module docstring).
 
     Args:
-        U: (B, N, N) symmetric non-negative affinity (1 or eps per pair); its rows and columns at invalid
-            nodes are ignored (masked here), so one unmasked affinity serves every round.
+        adjacency: (B, N, N) symmetric 0/1 (:func:`_adjacency`); its rows and columns at invalid nodes
+            are ignored, so one unmasked adjacency serves every round.
         valid: (B, N) bool.
+        eps: affinity of the pairs with adjacency 0 (> 0).
         solver: "lanczos" or "dense".
 
     Returns:
@@ -197,19 +262,20 @@ def second_eigenvector(U: torch.Tensor, valid: torch.Tensor, solver: str = "lanc
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    structure = _has_structure(U, valid)
+    counts = _similar_counts(adjacency, valid)
+    structure = _has_structure(counts, valid)
     if solver == "dense":
-        y = _dense_second(U, valid)
+        y = _dense_second(_affinity(adjacency, eps), valid)
     else:
-        y = torch.zeros(U.shape[:2], dtype=_EIGH_DTYPE, device=U.device)
+        y = torch.zeros(adjacency.shape[:2], dtype=_EIGH_DTYPE, device=adjacency.device)
         partial = structure & (valid.sum(-1) >= LANCZOS_MIN_NODES)
         if bool(partial.any()):
-            y_p, ok = _lanczos_second(U[partial], valid[partial])
+            y_p, ok = _lanczos_second(_rows(adjacency, partial), eps, valid[partial], counts[partial])
             y[partial] = y_p.to(_EIGH_DTYPE)
             partial[partial.clone()] = ok
         rest = structure & ~partial
         if bool(rest.any()):  # small graphs, and the float64 fallback where Lanczos did not converge
-            y[rest] = _dense_second(U[rest], valid[rest])
+            y[rest] = _dense_second_compact(_rows(adjacency, rest), eps, valid[rest])
     return y * structure[:, None]
 
 
@@ -276,7 +342,7 @@ def fix_sign(y: torch.Tensor, valid: torch.Tensor, border: torch.Tensor) -> torc
 
 def _eigen_attention_map64(features, tau, eps, valid_mask, border_mask, solver="lanczos", graph=None):
     """float64 map (B, h, w) and the valid mask used; see :func:`eigen_attention_map`. ``graph``: the
-    unmasked affinity of :func:`_graph` when the caller already has it (the same in every NCut round)."""
+    unmasked adjacency of :func:`_adjacency` when the caller already has it (the same in every NCut round)."""
     valid_mask = _check_graph_args(features, tau, eps, valid_mask)
     B, h, w, c = features.shape
     if border_mask is None:
@@ -286,9 +352,8 @@ def _eigen_attention_map64(features, tau, eps, valid_mask, border_mask, solver="
                          f"got {tuple(border_mask.shape)} {border_mask.dtype}")
     valid = valid_mask.reshape(B, h * w)
     if graph is None:
-        graph = _graph(features.reshape(B, h * w, c), tau, eps, _graph_dtype(solver))
-    U = graph * (valid[:, :, None] & valid[:, None, :])
-    y = second_eigenvector(U, valid, solver)
+        graph = _adjacency(features.reshape(B, h * w, c), tau, _graph_dtype(solver))
+    y = second_eigenvector(graph, valid, eps, solver)  # ignores the invalid nodes itself
     y = fix_sign(y, valid, border_mask.to(valid.device).reshape(B, h * w))
     return y.reshape(B, h, w), valid_mask
 
@@ -461,7 +526,7 @@ def priors_from_features(features: torch.Tensor, image_sizes: Sequence[Tuple[flo
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     h, w, c = features.shape[1:]
-    graph = _graph(features.reshape(B, h * w, c), tau, eps, _graph_dtype(solver))  # the same in every round
+    graph = _adjacency(features.reshape(B, h * w, c), tau, _graph_dtype(solver))  # the same in every round
     remaining = valid_mask.clone()
     found = [[] for _ in range(B)]
     for _ in range(int(num_rounds)):
