@@ -12,16 +12,34 @@ Conventions
 * Locations are normalised ``(x, y)`` in ``[0, 1]`` where 0 and 1 are the outer edges of the
   feature map: the centre of pixel column ``i`` is at ``(i + 0.5) / W``. Samples that fall
   outside the map read zeros (``grid_sample(..., align_corners=False, padding_mode="zeros")``).
+
+Implementations
+---------------
+:class:`MSDeformAttn` calls :func:`ms_deform_attn`, which dispatches between this reference
+(``"plain"``) and the fused Triton kernels of :mod:`joindet.modeling.triton_deform_attn`
+(``"triton"``). The choice is the ``impl`` argument, else the environment variable
+``JOINDET_DEFORM_ATTN``:
+
+* ``auto`` (default): Triton for CUDA tensors when triton is importable and all inputs are
+  float32, float16 or bfloat16; the plain path otherwise (CPU tensors, float64, no triton).
+* ``plain``: always the reference.
+* ``triton``: always the Triton kernels; raises where they cannot run (no triton, an unsupported
+  dtype, CPU tensors without ``TRITON_INTERPRET=1``).
 """
 
 import math
+import os
 from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ms_deform_attn_core", "MSDeformAttn"]
+__all__ = ["DEFORM_ATTN_ENV", "ms_deform_attn", "ms_deform_attn_core", "MSDeformAttn"]
+
+# environment variable choosing the implementation of ms_deform_attn: auto | plain | triton
+DEFORM_ATTN_ENV = "JOINDET_DEFORM_ATTN"
+_IMPLS = ("auto", "plain", "triton")
 
 
 def _shapes_as_list(spatial_shapes: Union[Tensor, Sequence[Sequence[int]]]) -> List[List[int]]:
@@ -39,28 +57,10 @@ def _shapes_as_list(spatial_shapes: Union[Tensor, Sequence[Sequence[int]]]) -> L
     return pairs
 
 
-def ms_deform_attn_core(
-    value: Tensor,
-    spatial_shapes: Union[Tensor, Sequence[Sequence[int]]],
-    sampling_locations: Tensor,
-    attention_weights: Tensor,
-) -> Tensor:
-    """Sample multi-scale values at given locations and sum them with attention weights.
-
-    Args:
-        value: (N, S, M, D) float tensor, per-head values of all levels, flattened level after
-            level (row-major inside a level), ``S = sum_l H_l * W_l``.
-        spatial_shapes: (L, 2) int64 tensor (or nested sequence) of ``(H_l, W_l)``.
-        sampling_locations: (N, Lq, M, L, P, 2) float tensor of normalised ``(x, y)``; 0 and 1
-            are the outer edges of each map, pixel centre ``i`` is at ``(i + 0.5) / W``.
-            Locations outside ``[0, 1]`` read zeros where they leave the map.
-        attention_weights: (N, Lq, M, L, P) float tensor, normally softmaxed over ``L * P``.
-
-    Returns:
-        (N, Lq, M * D) tensor (dtype promoted from ``value`` and ``attention_weights``): for
-        every query and head, the attention-weighted sum of the bilinearly interpolated
-        values; heads are concatenated.
-    """
+def check_deform_attn_inputs(value: Tensor, spatial_shapes: Union[Tensor, Sequence[Sequence[int]]],
+                             sampling_locations: Tensor, attention_weights: Tensor) -> List[List[int]]:
+    """Validate the layout of :func:`ms_deform_attn_core`'s arguments (every implementation's); return
+    the ``(H_l, W_l)`` pairs. Errors name the argument and the expected shape."""
     if value.dim() != 4:
         raise ValueError(f"value must have shape (N, S, M, D), got {tuple(value.shape)}")
     if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
@@ -91,6 +91,35 @@ def ms_deform_attn_core(
             f"got {tuple(attention_weights.shape)}"
         )
 
+    return shapes
+
+
+def ms_deform_attn_core(
+    value: Tensor,
+    spatial_shapes: Union[Tensor, Sequence[Sequence[int]]],
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    """Sample multi-scale values at given locations and sum them with attention weights.
+
+    Args:
+        value: (N, S, M, D) float tensor, per-head values of all levels, flattened level after
+            level (row-major inside a level), ``S = sum_l H_l * W_l``.
+        spatial_shapes: (L, 2) int64 tensor (or nested sequence) of ``(H_l, W_l)``.
+        sampling_locations: (N, Lq, M, L, P, 2) float tensor of normalised ``(x, y)``; 0 and 1
+            are the outer edges of each map, pixel centre ``i`` is at ``(i + 0.5) / W``.
+            Locations outside ``[0, 1]`` read zeros where they leave the map.
+        attention_weights: (N, Lq, M, L, P) float tensor, normally softmaxed over ``L * P``.
+
+    Returns:
+        (N, Lq, M * D) tensor (dtype promoted from ``value`` and ``attention_weights``): for
+        every query and head, the attention-weighted sum of the bilinearly interpolated
+        values; heads are concatenated.
+    """
+    n, _, m, d = value.shape
+    _, lq, _, n_levels, n_points, _ = sampling_locations.shape
+    shapes = check_deform_attn_inputs(value, spatial_shapes, sampling_locations, attention_weights)
+
     # grid_sample wants coordinates in [-1, 1]; with align_corners=False, -1 and 1 are the
     # outer edges of the map, which is exactly the [0, 1] convention of the locations.
     grids = (sampling_locations * 2.0 - 1.0).to(value.dtype)
@@ -112,6 +141,37 @@ def ms_deform_attn_core(
     weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, n_levels * n_points)
     out = (sampled_all * weights).sum(dim=-1)  # (N*M, D, Lq)
     return out.view(n, m * d, lq).transpose(1, 2).contiguous()
+
+
+def ms_deform_attn(
+    value: Tensor,
+    spatial_shapes: Union[Tensor, Sequence[Sequence[int]]],
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    impl: Optional[str] = None,
+) -> Tensor:
+    """:func:`ms_deform_attn_core` or its fused Triton equivalent (same arguments and result).
+
+    Args:
+        impl: ``"auto"``, ``"plain"`` or ``"triton"`` (see the module docstring); None reads
+            ``$JOINDET_DEFORM_ATTN`` (default ``"auto"``).
+    """
+    if impl is None:
+        impl = os.environ.get(DEFORM_ATTN_ENV, "").strip().lower() or "auto"
+    if impl not in _IMPLS:
+        raise ValueError(f"deformable attention impl must be one of {_IMPLS}, got {impl!r}")
+    if impl == "plain" or (impl == "auto" and not value.is_cuda):
+        return ms_deform_attn_core(value, spatial_shapes, sampling_locations, attention_weights)
+
+    from . import triton_deform_attn  # imports triton (guarded) only when it may be used
+
+    if impl == "auto":
+        dtypes_ok = all(t.dtype in triton_deform_attn.SUPPORTED_DTYPES
+                        for t in (value, sampling_locations, attention_weights))
+        if not (dtypes_ok and triton_deform_attn.triton_available(value)):
+            return ms_deform_attn_core(value, spatial_shapes, sampling_locations, attention_weights)
+    return triton_deform_attn.ms_deform_attn_triton(
+        value, spatial_shapes, sampling_locations, attention_weights)
 
 
 class MSDeformAttn(nn.Module):
@@ -268,5 +328,5 @@ class MSDeformAttn(nn.Module):
             # Offsets are relative to the box: +-n_points spans half its width/height.
             locations = ref[..., :2] + offsets * (0.5 / n_points) * ref[..., 2:]
 
-        out = ms_deform_attn_core(value, shapes, locations, weights)
+        out = ms_deform_attn(value, shapes, locations, weights)
         return self.output_proj(out)
