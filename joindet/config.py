@@ -230,6 +230,7 @@ def add_joindet_config(cfg):
     _C.JOINDET.PRIORS.BANK_DIR = ""  # prior bank folder; "" = OUTPUT_DIR/prior_bank
     _C.JOINDET.PRIORS.INIT_SOURCE = "ncut_backbone"  # version 0: ncut_backbone, ncut_color, selective_search, random_crops
     _C.JOINDET.PRIORS.TOPK = 30  # priors kept per image (K)
+    _C.JOINDET.PRIORS.TRAIN_TOPK = 0  # the highest-scored priors of an image that supervise the detector (0 = all K)
     _C.JOINDET.PRIORS.MIN_SIDE = 128  # selective search: shorter side the image is resized to (DETReg)
     _C.JOINDET.PRIORS.NUM_WORKERS = 2  # processes computing selective-search priors
     _C.JOINDET.PRIORS.SEED = 0  # random-crop priors: seed
@@ -335,6 +336,7 @@ CONFIG_RULES = {
     "JOINDET.PRIORS.BANK_DIR": Text(),
     "JOINDET.PRIORS.INIT_SOURCE": Registered("joindet.priors", "PRIOR_SOURCE_REGISTRY", "prior source"),
     "JOINDET.PRIORS.TOPK": Integer(ge=1),
+    "JOINDET.PRIORS.TRAIN_TOPK": Integer(ge=0),
     "JOINDET.PRIORS.MIN_SIDE": Integer(ge=1),
     "JOINDET.PRIORS.NUM_WORKERS": Integer(ge=0),  # 0 = in the training process
     "JOINDET.PRIORS.SEED": Integer(ge=0),

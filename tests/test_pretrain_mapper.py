@@ -143,3 +143,22 @@ def test_a_box_that_shrinks_below_min_size_at_the_crop_edge_is_dropped(scene):
     assert len(out["instances"]) == 0
     assert out["prior_crops"].shape == (0, 3, CROP, CROP) and out["prior_crops"].dtype == torch.uint8
     assert out["instances"].gt_scores.shape == (0,)
+
+
+def test_train_topk_keeps_the_best_scored_priors_with_their_crops(scene):
+    record, active, image = scene
+    # version 1: the rectangle scored 0.7 between two boxes elsewhere (0.9 and 0.2)
+    best = np.array([5, 10, 35, 50], np.float32)
+    worst = np.array([10, 70, 40, 110], np.float32)
+    active.bank.write_version(1, [IMAGE_ID], [np.stack([best, np.array(RECT, np.float32), worst])],
+                              [np.array([0.9, 0.7, 0.2], np.float32)])
+    active.set_version(1)
+    every = JoinDetDatasetMapper(augmentations=[], image_format="RGB", active_priors=active, crop_size=CROP)(dict(record))
+    assert len(every["instances"]) == 3  # train_topk 0: all of them
+    out = JoinDetDatasetMapper(augmentations=[], image_format="RGB", active_priors=active, crop_size=CROP,
+                               train_topk=2)(dict(record))
+    np.testing.assert_allclose(out["instances"].gt_boxes.tensor.numpy(), np.stack([best, np.array(RECT, np.float32)]))
+    np.testing.assert_allclose(out["instances"].gt_scores.numpy(), [0.9, 0.7])
+    assert out["prior_crops"].shape == (2, 3, CROP, CROP)
+    assert torch.equal(out["prior_crops"], every["prior_crops"][:2])
+    _assert_crop_is_rectangle(out["prior_crops"][1], float(RECT[3] - RECT[1]))

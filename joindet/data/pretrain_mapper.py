@@ -57,7 +57,8 @@ def crop_priors(image, boxes, size):
 
 class JoinDetDatasetMapper:
     """Reads the image, looks up its priors in the active bank version, applies LSJ + flip to both,
-    drops priors that leave the crop (or shrink below ``min_box_size``), and adds:
+    drops priors that leave the crop (or shrink below ``min_box_size``), and adds (with ``train_topk`` > 0
+    only the image's ``train_topk`` highest-scored priors are used, before the augmentation):
 
     - ``image``: (3, H, W) uint8 tensor in ``image_format``;
     - ``instances``: ``gt_boxes`` (the priors, XYXY pixels of the augmented image), ``gt_classes`` zeros,
@@ -73,12 +74,13 @@ class JoinDetDatasetMapper:
 
     @configurable
     def __init__(self, *, augmentations, image_format, active_priors, crop_size=128, min_box_size=4.0,
-                 dataset_names=()):
+                 train_topk=0, dataset_names=()):
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.active_priors = active_priors
         self.crop_size = crop_size
         self.min_box_size = min_box_size
+        self.train_topk = int(train_topk)
         label = type(self).__name__ + (f" on {describe_datasets(dataset_names)}" if dataset_names else "")
         self.skipped = SkippedImages(label)
 
@@ -92,6 +94,7 @@ class JoinDetDatasetMapper:
             "active_priors": active_priors,
             "crop_size": cfg.JOINDET.EMBED_CROP_SIZE,
             "min_box_size": cfg.JOINDET.LSJ.MIN_BOX_SIZE,
+            "train_topk": cfg.JOINDET.PRIORS.TRAIN_TOPK,
             "dataset_names": tuple(cfg.DATASETS.TRAIN),
         }
 
@@ -107,6 +110,9 @@ class JoinDetDatasetMapper:
             self.skipped.skip(e)
             return None
         boxes, scores = priors.get(d["image_id"])
+        if 0 < self.train_topk < len(scores):  # only the best-scored priors supervise
+            top = np.argsort(-np.asarray(scores), kind="stable")[: self.train_topk]
+            boxes, scores = np.asarray(boxes)[top], np.asarray(scores)[top]
         aug_input = T.AugInput(image, boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
         self.augmentations(aug_input)
         image = aug_input.image

@@ -26,6 +26,7 @@ dataloader.train = L(build_detection_train_loader)(
         image_format="RGB",
         crop_size=128,
         min_box_size=4.0,
+        train_topk="${joindet.priors.train_topk}",
     ),
     total_batch_size=32,  # over all processes
     num_workers=4,

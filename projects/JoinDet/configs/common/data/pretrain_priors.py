@@ -18,6 +18,7 @@ joindet = dict(
         bank_dir="",  # prior bank folder; "" = train.output_dir/prior_bank
         init_source="ncut_backbone",  # version 0: ncut_backbone, ncut_color, selective_search, random_crops
         topk=30,  # priors kept per image (K)
+        train_topk=0,  # the highest-scored priors of an image that supervise the detector (0 = all K)
         min_side=128,  # selective search: shorter side the image is resized to (DETReg)
         num_workers=2,  # processes computing selective-search priors
         seed=0,  # random-crop priors: seed
