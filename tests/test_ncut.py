@@ -343,9 +343,13 @@ def test_priors_with_either_solver_agree():
 def test_ncut_benchmark_smoke(tmp_path):
     from joindet.benchmarks import ncut as bench
 
-    rows = bench.main(["--num-images", "1", "--grids", "4", "--json", str(tmp_path / "b.json")])
+    rows = bench.main(["--num-images", "1", "--grids", "4", "--device", "cpu", "--json", str(tmp_path / "b.json")])
     assert len(rows) == 1 and rows[0]["grid"] == "4x4" and rows[0]["ncut_dense_ms"] is not None
     assert rows[0]["ss_over_lanczos"] > 0 and (tmp_path / "b.json").is_file()
+    assert set(bench.COLUMNS) <= set(rows[0]) and rows[0]["device"] == "cpu"
+    assert all(rows[0][k] > 0 for k in ("selective_search_ms", "encoder_ms", "ncut_lanczos_ms",
+                                        "ncut_lanczos_batched_ms", "ncut_dense_ms"))
+    assert not set(bench.CUDA_COLUMNS) & set(rows[0])  # the GPU memory columns only on CUDA
 
 
 def test_a_uniform_remaining_block_has_no_structure_though_the_whole_graph_has():
