@@ -251,7 +251,7 @@ def add_joindet_config(cfg):
     _C.JOINDET.SMOOTH.MOMENTUM = 0.45  # m_s: weight of the precedent priors in the Box Smooth Module
     _C.JOINDET.SMOOTH.IOU_THRESHOLD = 0.48  # clustering IoU threshold of the Box Smooth Module
     _C.JOINDET.REFRESH = CN()
-    _C.JOINDET.REFRESH.GENERATOR = "ncut_encoder"  # refresh: ncut_encoder (the paper), detector, detector_ncut, rescore
+    _C.JOINDET.REFRESH.GENERATOR = "ncut_encoder"  # refresh: ncut_encoder (the paper), detector, detector_ncut, rescore, rescore_online
     _C.JOINDET.REFRESH.NMS_THRESH = 0.7  # detector generators: NMS over an image's detections before the top K
     _C.JOINDET.UPDATE_PERIOD = 10.0  # epochs between prior refreshes (a float); 0.0 = fixed priors (DETReg-like)
     _C.JOINDET.UPDATE_PERIOD_ITERS = 0  # > 0: refresh every this many iterations instead (tests, demos)

@@ -22,13 +22,14 @@ from test_pretraining import DATASET, PRETRAIN_CONFIG, TINY_PRETRAIN_OPTS, _pret
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-GENERATORS = ["ncut_encoder", "detector", "detector_ncut", "rescore"]
+GENERATORS = ["ncut_encoder", "detector", "detector_ncut", "rescore"]  # those with a forward pass of their own
+ONLINE_GENERATORS = ["rescore_online"]  # those that read the training steps (tests/test_online_rescore.py)
 # the tiny pretraining of test_pretraining as train_net-style overrides, for the tools
 TINY_PRETRAIN_OPTS_FOR_TOOL = [*TINY_DATA_OPTS, *TINY_MODEL_OPTS, *TINY_PRETRAIN_OPTS]
 
 
 def test_registry_holds_the_documented_generators():
-    assert sorted(n for n, _ in REFRESH_GENERATOR_REGISTRY) == sorted(GENERATORS)
+    assert sorted(n for n, _ in REFRESH_GENERATOR_REGISTRY) == sorted(GENERATORS + ONLINE_GENERATORS)
     # refused at start-up by the config check, and by the builder for a settings dict built another way
     with pytest.raises(ValueError, match=r"JOINDET\.REFRESH\.GENERATOR.*no_such.*detector_ncut"):
         build_cfg(["JOINDET.REFRESH.GENERATOR", "no_such"], config_file=PRETRAIN_CONFIG, data_opts=False)
@@ -122,7 +123,7 @@ def test_detector_ncut_scores_are_the_detector_scores_reweighted(tiny_model_and_
         assert reweighted[d["image_id"]][1].max() <= plain[d["image_id"]][1].max() + 1e-6
 
 
-@pytest.mark.parametrize("name", ["detector", "rescore"])
+@pytest.mark.parametrize("name", ["detector", "rescore", "rescore_online"])
 def test_refresh_run_with_a_generator_publishes_a_complete_version(synthetic_cache, tmp_path, name):
     cfg = _pretrain_cfg(tmp_path / "out", "SOLVER.MAX_ITER", "3", "JOINDET.UPDATE_PERIOD_ITERS", "2",
                         "JOINDET.REFRESH.GENERATOR", name)
@@ -137,7 +138,7 @@ def test_refresh_run_with_a_generator_publishes_a_complete_version(synthetic_cac
         old_boxes, _ = v0.get(image_id)
         new_boxes, new_scores = v1.get(image_id)
         assert 1 <= len(new_boxes) <= cfg.JOINDET.PRIORS.TOPK and np.isfinite(new_scores).all()
-        if name == "rescore":  # the same boxes, re-ranked by the blended scores
+        if name in ("rescore", "rescore_online"):  # the same boxes, re-ranked by the blended scores
             np.testing.assert_allclose(np.sort(new_boxes, axis=0), np.sort(old_boxes, axis=0), atol=1e-4)
 
 
@@ -177,11 +178,15 @@ def test_refresh_benchmark_smoke(synthetic_cache, tmp_path, capsys):
     opts = [*TINY_MODEL_OPTS, *TINY_PRETRAIN_OPTS, "DATASETS.SYNTHETIC.IMAGE_SIZE", "64", "MODEL.DEVICE", "cpu",
             "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2"]
     out = tmp_path / "bench"
-    rows = bench.main(["--num-images", "6", "--generators", "rescore", "ncut_encoder", "--output-dir", str(out),
-                       "--json", str(tmp_path / "refresh.json"), *opts])
+    rows = bench.main(["--num-images", "6", "--generators", "rescore", "ncut_encoder", "rescore_online",
+                       "--output-dir", str(out), "--json", str(tmp_path / "refresh.json"), *opts])
     printed = capsys.readouterr().out
-    assert [r["generator"] for r in rows] == ["rescore", "ncut_encoder"]
-    assert [r["version"] for r in rows] == [1, 2]  # each refresh wrote the next bank version
+    # the online generator first: it scores the views of the version the epoch trained on
+    assert [r["generator"] for r in rows] == ["rescore_online", "rescore", "ncut_encoder"]
+    assert [r["version"] for r in rows] == [1, 2, 3]  # each refresh wrote the next bank version
+    # the online refresh re-scored version 0's boxes from the epoch's views (3 iterations x 2 of the 6 images)
+    v1 = PriorBank(out / "run" / "prior_bank").read(1)
+    assert v1.meta["info"]["source"] == "rescore_online" and v1.meta["info"]["images_kept_previous"] < 6
     assert len({r["epoch_s"] for r in rows}) == 1  # one epoch, measured once, shared by the rows
     for r in rows:
         assert r["images"] == 6 and r["epoch_iters"] == 3 and r["ims_per_batch"] == 2
@@ -198,5 +203,5 @@ def test_refresh_benchmark_smoke(synthetic_cache, tmp_path, capsys):
         assert cells[bench.COLUMNS.index("refresh_pct_of_epoch")] == f"{pct:.2f}"
         assert cells[bench.COLUMNS.index("epoch_s")] == f"{r['epoch_s']:.2f}"
     assert json.loads((tmp_path / "refresh.json").read_text()) == rows
-    assert PriorBank(out / "run" / "prior_bank").versions() == [0, 1, 2]
+    assert PriorBank(out / "run" / "prior_bank").versions() == [0, 1, 2, 3]
     assert (out / "synthetic").is_dir()  # its own synthetic set, not the shared cache

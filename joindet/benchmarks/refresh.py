@@ -22,7 +22,8 @@ as an override to include it).
    output folder) and its activation. Its stages: ``generate_s`` (the generator's call) and
    ``smooth_gather_write_s`` (the rest: Box Smooth, gather, the write, activation, statistics); only
    the generator is wrapped, so the split does not depend on the hook's private methods. Each generator refreshes the version the previous one wrote, as
-   successive refreshes of a run do.
+   successive refreshes of a run do. A generator that reads the training steps (``rescore_online``) records
+   during the epoch and refreshes first (it scores the views of the version the epoch trained on).
 
 Printed: a Markdown table per generator (epoch and refresh seconds, refresh as a percentage of the
 epoch, refresh seconds per image, the stages); the JSON rows (``--json``) hold the unrounded figures.
@@ -37,7 +38,7 @@ from typing import Optional, Sequence
 from joindet.benchmarks import markdown_table, mini_pretraining_cfg, mini_pretraining_parser, write_rows
 
 WARMUP_ITERS = 2
-DEFAULT_GENERATORS = ("rescore", "ncut_encoder")
+DEFAULT_GENERATORS = ("rescore_online", "rescore", "ncut_encoder")
 TARGET_PCT = 10.0  # a refresh every 10 epochs at full scale: <= 10% of an epoch keeps it <= 1% of training
 COLUMNS = ["generator", "epoch_s", "refresh_s", "refresh_pct_of_epoch", "s_per_image", "generate_s",
            "smooth_gather_write_s", "within_target"]
@@ -72,10 +73,13 @@ def _refresh_generators(cfg, names):
     test-time mapper."""
     from joindet.data.mapper import DetrDatasetMapper
     from joindet.engine.pretrain import prior_settings_from_cfg
-    from joindet.priors.refresh import build_refresh_generator
+    from joindet.priors.refresh import REFRESH_GENERATOR_REGISTRY, build_refresh_generator
 
     mapper = DetrDatasetMapper(cfg, is_train=False)
     generators = {}
+    # a generator that reads the training steps (rescore_online) scores the views of the version the epoch
+    # trained on: it refreshes first, before the others publish new versions
+    names = sorted(names, key=lambda n: not hasattr(REFRESH_GENERATOR_REGISTRY.get(n), "attach"))
     for name in names:
         c = cfg.clone()
         c.defrost()
@@ -95,8 +99,9 @@ def time_refreshes(trainer, generators, num_images):
     rows = []
     try:
         for name, generator in generators.items():
-            warmup = hook.dataset_dicts[: max(1, getattr(generator, "batch_size", 1))]
-            generator(unwrap_model(trainer.model), warmup, hook.active.current())
+            if not hasattr(generator, "attach"):  # (an online generator has no forward pass to warm up)
+                warmup = hook.dataset_dicts[: max(1, getattr(generator, "batch_size", 1))]
+                generator(unwrap_model(trainer.model), warmup, hook.active.current())
             hook.generator = _TimedCall(generator)
             start = time.perf_counter()
             hook.refresh()
@@ -121,6 +126,7 @@ def main(argv: Optional[Sequence[str]] = None):
 
     from joindet.config import resolve_epochs, validate_config
     from joindet.engine.pretrain import JoinDetTrainer
+    from joindet.engine.trainer import unwrap_model
     from joindet.priors.refresh import REFRESH_GENERATOR_REGISTRY
 
     unknown = [g for g in args.generators if g not in REFRESH_GENERATOR_REGISTRY]
@@ -143,6 +149,9 @@ def main(argv: Optional[Sequence[str]] = None):
     trainer = JoinDetTrainer(cfg)
     trainer.resume_or_load(resume=False)
     generators = _refresh_generators(trainer.cfg, args.generators)  # unknown settings fail before training
+    for generator in generators.values():
+        if hasattr(generator, "attach"):  # it reads the epoch's training steps
+            generator.attach(unwrap_model(trainer.model))
 
     step_s = []
     run_step = trainer.run_step

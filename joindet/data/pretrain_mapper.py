@@ -62,9 +62,9 @@ class JoinDetDatasetMapper:
 
     - ``image``: (3, H, W) uint8 tensor in ``image_format``;
     - ``instances``: ``gt_boxes`` (the priors, XYXY pixels of the augmented image), ``gt_classes`` zeros,
-      ``gt_scores`` (the priors' scores);
+      ``gt_scores`` (the priors' scores), ``gt_prior_index`` (each one's position in the image's bank entry);
     - ``prior_crops``: (n, 3, crop_size, crop_size) uint8, the priors cropped from the augmented image;
-    - ``prior_version``: the bank version the priors came from.
+    - ``prior_version``: the bank version the priors came from; ``num_priors``: the length of the entry.
 
     An image that cannot be used (:func:`joindet.data.image_io.read_image` raises ``UnusableImage``) makes
     the mapper return None, so that Detectron2's ``MapDataset`` maps another image; ``self.skipped``
@@ -110,9 +110,11 @@ class JoinDetDatasetMapper:
             self.skipped.skip(e)
             return None
         boxes, scores = priors.get(d["image_id"])
-        if 0 < self.train_topk < len(scores):  # only the best-scored priors supervise
-            top = np.argsort(-np.asarray(scores), kind="stable")[: self.train_topk]
-            boxes, scores = np.asarray(boxes)[top], np.asarray(scores)[top]
+        num_priors = len(scores)
+        index = np.arange(num_priors)  # each prior's position in the image's bank entry
+        if 0 < self.train_topk < num_priors:  # only the best-scored priors supervise
+            index = np.argsort(-np.asarray(scores), kind="stable")[: self.train_topk]
+            boxes, scores = np.asarray(boxes)[index], np.asarray(scores)[index]
         aug_input = T.AugInput(image, boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
         self.augmentations(aug_input)
         image = aug_input.image
@@ -129,10 +131,12 @@ class JoinDetDatasetMapper:
         instances.gt_boxes = Boxes(boxes)
         instances.gt_classes = torch.zeros(len(boxes), dtype=torch.int64)
         instances.gt_scores = scores
+        instances.gt_prior_index = torch.as_tensor(index[keep.numpy()], dtype=torch.int64)
         d["image"] = image_t
         d["instances"] = instances
         d["prior_crops"] = crop_priors(image_t, boxes, self.crop_size)
         d["prior_version"] = priors.version
+        d["num_priors"] = num_priors
         d.pop("annotations", None)
         self.skipped.used_one()
         return d

@@ -72,6 +72,9 @@ class PriorRefreshHook(HookBase):
 
     # ------------------------------------------------------------------ hook
     def before_train(self):
+        attach = getattr(self.generator, "attach", None)
+        if attach is not None:  # a generator that reads the training steps (rescore_online)
+            attach(unwrap_model(self.trainer.model))
         if comm.is_main_process():  # the main process is the bank's only writer
             for line in self.active.bank.recover():
                 logger.warning("Prior bank %s: %s", self.active.bank.root, line)

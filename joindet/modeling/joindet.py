@@ -4,7 +4,7 @@ import copy
 
 import torch
 from torch.nn import functional as F
-from torchvision.ops import box_convert
+from torchvision.ops import box_convert, box_iou
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
@@ -51,6 +51,7 @@ class JoinDet(DeformableDETR):
     @configurable
     def __init__(self, *, embed_dim, embed_encoder="backbone", **kwargs):
         super().__init__(**kwargs)
+        self.online_objectness = None  # an OnlineObjectness to record the priors' objectness into (rescore_online)
         d_model = self.transformer.d_model
         self.embed_head = MLP(d_model, d_model, embed_dim, 2)
         if embed_encoder == "frozen_copy":
@@ -108,6 +109,25 @@ class JoinDet(DeformableDETR):
         feats = encoder(x)["res5"].mean(dim=(2, 3))
         encoder.train(was_training)
         return feats
+
+    def losses(self, outputs, targets, batched_inputs):
+        if self.online_objectness is not None:
+            self.record_objectness(outputs, targets, batched_inputs)
+        return super().losses(outputs, targets, batched_inputs)
+
+    @torch.no_grad()
+    def record_objectness(self, outputs, targets, batched_inputs):
+        """Add each image's view to ``online_objectness``: per prior, max over queries of objectness x IoU(query
+        box, prior) in the augmented image (what the ``rescore`` generator computes on the unaugmented one)."""
+        prob = outputs["pred_logits"].sigmoid().amax(-1)  # (N, Q)
+        boxes = box_convert(outputs["pred_boxes"], "cxcywh", "xyxy")
+        for i, (t, x) in enumerate(zip(targets, batched_inputs)):
+            if "prior_version" not in x:
+                continue
+            priors = box_convert(t["boxes"], "cxcywh", "xyxy")
+            quality = (box_iou(priors, boxes[i]) * prob[i][None]).amax(1) if len(priors) else prob.new_zeros(0)
+            self.online_objectness.record(x["image_id"], x["prior_version"], x["num_priors"],
+                                          x["instances"].gt_prior_index.numpy(), quality.float().cpu().numpy())
 
     def forward_outputs(self, images, mask):
         out = super().forward_outputs(images, mask)

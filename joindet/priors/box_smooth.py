@@ -302,9 +302,10 @@ def smooth_prior_lists(
 
 def merge_refresh(previous, current, image_ids, momentum=0.45, iou_threshold=0.48, topk=30):
     """What a refresh publishes for ``image_ids``: the precedent priors (``previous.get(id)``) smoothed
-    with the current ones (``current[id]``), except that an image for which the generator found nothing
+    with the current ones (``current[id]``), except that an image for which the generator found nothing (no
+    boxes, or no entry: an image the mapper could not read, or one no training view showed)
     keeps its precedent priors unchanged. Returns (dict image_id -> (boxes, scores), images kept)."""
-    found = [i for i in image_ids if len(current[i][0]) > 0]
+    found = [i for i in image_ids if i in current and len(current[i][0]) > 0]
     merged = smooth_prior_lists([previous.get(i) for i in found], [current[i] for i in found], momentum=momentum,
                                 iou_threshold=iou_threshold, topk=topk)
     out = {i: previous.get(i) for i in image_ids}

@@ -14,6 +14,10 @@ backbone) are version-0 sources, not refreshes.
   objectness x (1 + mean of M inside the box) / 2, with M scaled to [-1, 1] (foreground positive).
 - ``rescore``: the precedent boxes themselves, each scored by the model: max over queries of
   objectness x IoU(query box, prior). Recall stays that of the precedent set; the ranking is the model's.
+- ``rescore_online``: the same score, taken from the training steps since the last refresh (the mean over
+  the augmented views of each prior, :mod:`joindet.priors.online`) instead of a forward pass of its own:
+  the refresh costs no inference. A prior no view kept keeps its precedent score; an image no view showed
+  keeps its priors. Only inside a training run (the refresh hook attaches the recorder to the model).
 """
 from typing import Dict, Tuple
 
@@ -25,6 +29,7 @@ from detectron2.utils.registry import Registry
 
 from .generation import center_features, generate_ncut_priors, run_over_images
 from .ncut import eigen_attention_map
+from .online import OnlineObjectness
 from .sources import register_by_name
 
 __all__ = ["REFRESH_GENERATOR_REGISTRY", "build_refresh_generator", "box_mean_of_map"]
@@ -184,3 +189,39 @@ class RescoreGenerator:
 
         return run_over_images(model, dataset_dicts, self.mapper, rescore, batch_size=self.batch_size,
                                what="re-scored priors")
+
+
+@_register("rescore_online")
+class OnlineRescoreGenerator:
+    """``rescore`` from the objectness recorded during training (see the module docstring)."""
+
+    @classmethod
+    def from_settings(cls, settings, mapper):
+        return {}
+
+    @staticmethod
+    def attach(model):
+        """Make ``model`` (a JoinDet) record its priors' objectness in every training step from now on."""
+        if not hasattr(model, "online_objectness"):
+            raise ValueError(f"the rescore_online refresh needs a JoinDet model, got {type(model).__name__}")
+        model.online_objectness = OnlineObjectness()
+
+    def __call__(self, model, dataset_dicts, previous=None) -> Priors:
+        recorder = getattr(model, "online_objectness", None)
+        if previous is None or recorder is None:
+            raise ValueError("the rescore_online refresh scores the precedent priors with the objectness recorded "
+                             "in the training steps: it runs inside a training run only (use rescore elsewhere)")
+        seen = recorder.gathered_means(previous.version)
+        recorder.clear()  # the next refresh scores the next version's views
+        out = {}
+        for d in dataset_dicts:
+            quality = seen.get(d["image_id"])
+            if quality is None:
+                continue
+            boxes, scores = previous.get(d["image_id"])
+            if quality.size != len(scores):
+                raise ValueError(f"image {d['image_id']}: {quality.size} recorded scores for {len(scores)} priors of "
+                                 f"version {previous.version}")
+            out[d["image_id"]] = (np.asarray(boxes, np.float32),
+                                  np.where(np.isnan(quality), scores, quality).astype(np.float32))
+        return out

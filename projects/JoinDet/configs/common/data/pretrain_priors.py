@@ -42,7 +42,7 @@ joindet = dict(
         iou_threshold=0.48,  # clustering IoU threshold of the Box Smooth Module
     ),
     refresh=dict(
-        generator="ncut_encoder",  # refresh: ncut_encoder (the paper), detector, detector_ncut, rescore
+        generator="ncut_encoder",  # refresh: ncut_encoder (the paper), detector, detector_ncut, rescore, rescore_online
         nms_thresh=0.7,  # detector generators: NMS over an image's detections before the top K
     ),
     update_period_iters=0,  # iterations between prior refreshes; 0 = fixed priors (DETReg-like)
