@@ -1,5 +1,5 @@
 """The rescore_online refresh: the objectness recorded during training (joindet.priors.online) equals the
-rescore formula on the step's own outputs, is averaged per prior over the views of one bank version, and
+rescore formula on the step's own outputs, is kept per prior from the latest view of one bank version, and
 becomes the precedent boxes' new scores (unseen priors keep theirs, unseen images are left out)."""
 import numpy as np
 import pytest
@@ -22,19 +22,19 @@ class _Version:
         return self.priors[image_id]
 
 
-def test_views_are_averaged_per_prior_and_version():
+def test_the_latest_view_of_a_version_scores_each_prior():
     rec = OnlineObjectness()
     rec.record(7, 0, 4, [0, 2], [0.2, 0.6])
-    rec.record(7, 0, 4, [2, 3], [0.4, 0.9])
+    rec.record(7, 0, 4, [2, 3], [0.4, 0.9])  # prior 2 seen again: the later view counts
     rec.record(8, 0, 2, [], [])  # a view in which the augmentation dropped every prior
     rec.record(9, 1, 3, [1], [0.5])  # another version: left out of version 0's scores
-    means = rec.gathered_means(0)
-    assert sorted(means) == [7, 8]
-    np.testing.assert_allclose(means[7], [0.2, np.nan, 0.5, 0.9], rtol=1e-6)
-    assert np.isnan(means[8]).all() and means[8].shape == (2,)
+    latest = rec.gathered(0)
+    assert sorted(latest) == [7, 8]
+    np.testing.assert_allclose(latest[7], [0.2, np.nan, 0.4, 0.9], rtol=1e-6)
+    assert np.isnan(latest[8]).all() and latest[8].shape == (2,)
     rec.record(7, 1, 3, [0], [0.3])  # a view of a new version replaces the image's old views
-    np.testing.assert_allclose(rec.gathered_means(1)[7], [0.3, np.nan, np.nan])
-    assert 7 not in rec.gathered_means(0)
+    np.testing.assert_allclose(rec.gathered(1)[7], [0.3, np.nan, np.nan])
+    assert 7 not in rec.gathered(0)
     with pytest.raises(ValueError, match="image 5: prior indices \\[4\\] outside its 3 priors"):
         rec.record(5, 0, 3, [4], [0.1])
     rec.clear()
@@ -78,7 +78,7 @@ def test_recorded_quality_is_the_rescore_formula_on_the_steps_outputs(synthetic_
     trainer.train()
     assert len(seen) == 1 and len(model.online_objectness) > 0
     outputs, target_boxes, batch = seen[0]
-    means = model.online_objectness.gathered_means(0)
+    means = model.online_objectness.gathered(0)
     for i, (t, x) in enumerate(zip(target_boxes, batch)):
         prob = outputs["pred_logits"][i].sigmoid().amax(-1)
         pred = box_convert(outputs["pred_boxes"][i], "cxcywh", "xyxy")
@@ -86,6 +86,6 @@ def test_recorded_quality_is_the_rescore_formula_on_the_steps_outputs(synthetic_
         got = means[x["image_id"]]
         assert got.shape == (x["num_priors"],)
         index = x["instances"].gt_prior_index.numpy()
-        if len(np.unique(index)) == len(index) and sum(y["image_id"] == x["image_id"] for y in batch) == 1:
+        if sum(y["image_id"] == x["image_id"] for y in batch) == 1:  # (an image twice in a batch: the later view)
             np.testing.assert_allclose(got[index], expected.numpy(), rtol=1e-5, atol=1e-6)
             assert np.isnan(np.delete(got, index)).all()  # the priors the crop dropped

@@ -14,8 +14,8 @@ backbone) are version-0 sources, not refreshes.
   objectness x (1 + mean of M inside the box) / 2, with M scaled to [-1, 1] (foreground positive).
 - ``rescore``: the precedent boxes themselves, each scored by the model: max over queries of
   objectness x IoU(query box, prior). Recall stays that of the precedent set; the ranking is the model's.
-- ``rescore_online``: the same score, taken from the training steps since the last refresh (the mean over
-  the augmented views of each prior, :mod:`joindet.priors.online`) instead of a forward pass of its own:
+- ``rescore_online``: the same score, taken from the training steps since the last refresh (each prior's
+  latest augmented view, :mod:`joindet.priors.online`) instead of a forward pass of its own:
   the refresh costs no inference. A prior no view kept keeps its precedent score; an image no view showed
   keeps its priors. Only inside a training run (the refresh hook attaches the recorder to the model).
 """
@@ -211,7 +211,7 @@ class OnlineRescoreGenerator:
         if previous is None or recorder is None:
             raise ValueError("the rescore_online refresh scores the precedent priors with the objectness recorded "
                              "in the training steps: it runs inside a training run only (use rescore elsewhere)")
-        seen = recorder.gathered_means(previous.version)
+        seen = recorder.gathered(previous.version)
         recorder.clear()  # the next refresh scores the next version's views
         out = {}
         for d in dataset_dicts:
