@@ -54,6 +54,9 @@ def run_one(name, seed=0):
     new_scores = rng.uniform(0.05, 1, n * K).astype(np.float32)
     offsets = np.arange(0, (n + 1) * K, K, dtype=np.int64)
     input_mb = sum(a.nbytes for a in (old_boxes, old_scores, new_boxes, new_scores, offsets)) / 2 ** 20
+    # torch's one-off start-up (thread pools, allocator) on a tiny version first: not the module's memory
+    tiny = np.arange(0, 2 * K + 1, K, dtype=np.int64)
+    smooth_version_arrays(old_boxes[:2 * K], old_scores[:2 * K], tiny, new_boxes[:2 * K], new_scores[:2 * K], tiny, topk=K)
     base = _rss_mb()
     row = {"size": name, "images": n, "boxes_per_set": n * K, "input_mb": input_mb}
     start = time.perf_counter()
@@ -67,7 +70,7 @@ def run_one(name, seed=0):
         row["write_s"] = time.perf_counter() - start
         start = time.perf_counter()
         version = bank.read(1)
-        row["checksum"] = float(np.asarray(version.boxes, np.float64).sum() + version.offsets[-1])
+        row["checksum"] = float(version.boxes.sum(dtype=np.float64) + version.offsets[-1])  # touches every box, no copy
         row["read_s"] = time.perf_counter() - start
     row["total_s"] = row["smooth_s"] + row["write_s"] + row["read_s"]
     row["output_boxes"] = int(boxes.shape[0])

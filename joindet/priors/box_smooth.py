@@ -233,7 +233,7 @@ def smooth_version_arrays(
     momentum: float = 0.45,
     iou_threshold: float = 0.48,
     topk: int = 30,
-    chunk_images: int = 65536,
+    chunk_images: int = 16384,
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The Box Smooth Module over a whole bank version in the bank's own layout (numpy, float32 boxes,
     ``offsets`` (num_images + 1,) as in ``PriorVersion``), for the same images in both sets.
