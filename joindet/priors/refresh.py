@@ -17,7 +17,8 @@ backbone) are version-0 sources, not refreshes.
 - ``rescore_online``: the same score, taken from the training steps since the last refresh (each prior's
   latest augmented view, :mod:`joindet.priors.online`) instead of a forward pass of its own:
   the refresh costs no inference. A prior no view kept keeps its precedent score; an image no view showed
-  keeps its priors. Only inside a training run (the refresh hook attaches the recorder to the model).
+  keeps its priors. Only inside a training run (the refresh hook attaches the recorder to the model); the
+  records are not checkpointed, so the first refresh after a resume sees only the views since the resume.
 """
 from typing import Dict, Tuple
 
