@@ -227,9 +227,10 @@ def main(argv: Optional[Sequence[str]] = None):
         for i in range(WARMUP_ITERS + args.iters):  # the variants' steps alternate: side by side
             for m in measured:
                 m.step(keep=i >= WARMUP_ITERS)
-    all_rows = []
+    all_rows, summaries = [], []
     for opts, (cfg, trainer, _), m in zip(variants, built, measured):
         rows = summarize(m.steps, m.totals)
+        summaries.append(rows)
         device = str(unwrap_model(trainer.model).device)
         variant = " ".join(opts) or "as configured"
         for r in rows:
@@ -241,10 +242,9 @@ def main(argv: Optional[Sequence[str]] = None):
         print(markdown_table(rows, COLUMNS))
         all_rows.extend(rows)
     if len(measured) > 1:
-        base = summarize(measured[0].steps, measured[0].totals)
+        base = summaries[0]
         print(f"\nStep time relative to {' '.join(variants[0])} (steps alternated):")
-        for opts, m in zip(variants[1:], measured[1:]):
-            rows = summarize(m.steps, m.totals)
+        for opts, rows in zip(variants[1:], summaries[1:]):
             ratio = {r["stage"]: r["median_ms"] for r in rows}
             print(" ".join(opts) + ": " + ", ".join(
                 f"{r['stage']} {ratio.get(r['stage'], 0.0) / r['median_ms']:.2f}x" for r in base if r["median_ms"] > 0))
