@@ -231,6 +231,9 @@ def add_joindet_config(cfg):
     _C.JOINDET.PRIORS.INIT_SOURCE = "ncut_backbone"  # version 0: ncut_backbone, ncut_color, selective_search, random_crops
     _C.JOINDET.PRIORS.TOPK = 30  # priors kept per image (K)
     _C.JOINDET.PRIORS.TRAIN_TOPK = 0  # the highest-scored priors of an image that supervise the detector (0 = all K)
+    # objectness target of the query matched to a prior: "one" (every prior is an object) or "refreshed_score"
+    # (a prior of a refreshed version, >= 1: its score / the image's best score; version 0's priors: 1)
+    _C.JOINDET.PRIORS.OBJECTNESS_TARGET = "one"
     _C.JOINDET.PRIORS.MIN_SIDE = 128  # selective search: shorter side the image is resized to (DETReg)
     _C.JOINDET.PRIORS.NUM_WORKERS = 2  # processes computing selective-search priors
     _C.JOINDET.PRIORS.SEED = 0  # random-crop priors: seed
@@ -337,6 +340,7 @@ CONFIG_RULES = {
     "JOINDET.PRIORS.INIT_SOURCE": Registered("joindet.priors", "PRIOR_SOURCE_REGISTRY", "prior source"),
     "JOINDET.PRIORS.TOPK": Integer(ge=1),
     "JOINDET.PRIORS.TRAIN_TOPK": Integer(ge=0),
+    "JOINDET.PRIORS.OBJECTNESS_TARGET": OneOf("one", "refreshed_score"),
     "JOINDET.PRIORS.MIN_SIDE": Integer(ge=1),
     "JOINDET.PRIORS.NUM_WORKERS": Integer(ge=0),  # 0 = in the training process
     "JOINDET.PRIORS.SEED": Integer(ge=0),

@@ -86,6 +86,33 @@ def test_focal_loss_by_hand():
     assert got.item() == pytest.approx(want, rel=1e-6)
 
 
+def _soft_focal_by_hand(logit, target):
+    """The focal loss of a soft target t: BCE(p, t) x alpha_t x (1 - p_t)^gamma, with p_t and alpha_t
+    interpolated linearly in t (fvcore's formula; equal to the hard one for t in {0, 1})."""
+    p = 1.0 / (1.0 + math.exp(-logit))
+    bce = -(target * math.log(p) + (1 - target) * math.log(1 - p))
+    p_t = p * target + (1 - p) * (1 - target)
+    alpha_t = ALPHA * target + (1 - ALPHA) * (1 - target)
+    return alpha_t * (1 - p_t) ** GAMMA * bce
+
+
+def test_quality_is_the_soft_target_of_the_matched_queries():
+    logits = [[1.5], [-2.0], [0.1], [0.7]]  # Q = 4, C = 1
+    outputs = {"pred_logits": torch.tensor([logits, logits]), "pred_boxes": torch.full((2, 4, 4), 0.5)}
+    boxes = torch.full((2, 4), 0.5)
+    # image 0: query 0 <- target 1 (quality 0.25), query 2 <- target 0 (quality 0.8); image 1: no quality
+    targets = [{"labels": torch.tensor([0, 0]), "boxes": boxes, "quality": torch.tensor([0.8, 0.25])},
+               {"labels": torch.tensor([0, 0]), "boxes": boxes}]
+    crit = _criterion(1, FixedMatcher([([0, 2], [1, 0]), ([1, 3], [0, 1])]))
+    want_targets = [[0.25, 0.0, 0.8, 0.0], [0.0, 1.0, 0.0, 1.0]]
+    want = sum(_soft_focal_by_hand(logits[q][0], want_targets[b][q]) for b in range(2) for q in range(4)) / 4
+    assert crit(outputs, targets)["loss_ce"].item() == pytest.approx(want, rel=1e-6)
+    # quality 1 everywhere is the hard target
+    ones = [dict(t, quality=torch.ones(2)) for t in targets]
+    plain = [{k: v for k, v in t.items() if k != "quality"} for t in targets]
+    torch.testing.assert_close(crit(outputs, ones)["loss_ce"], crit(outputs, plain)["loss_ce"])
+
+
 def test_box_losses_by_hand():
     pred = [0.5, 0.5, 0.2, 0.2]  # xyxy (0.4, 0.4, 0.6, 0.6)
     tgt = [0.6, 0.4, 0.3, 0.2]  # xyxy (0.45, 0.3, 0.75, 0.5)

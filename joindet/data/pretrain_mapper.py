@@ -64,7 +64,8 @@ class JoinDetDatasetMapper:
     - ``instances``: ``gt_boxes`` (the priors, XYXY pixels of the augmented image), ``gt_classes`` zeros,
       ``gt_scores`` (the priors' scores), ``gt_prior_index`` (each one's position in the image's bank entry);
     - ``prior_crops``: (n, 3, crop_size, crop_size) uint8, the priors cropped from the augmented image;
-    - ``prior_version``: the bank version the priors came from; ``num_priors``: the length of the entry.
+    - ``prior_version``: the bank version the priors came from; ``num_priors``: the length of the entry;
+      ``prior_best_score``: the highest score of the entry (0.0 for an empty one).
 
     An image that cannot be used (:func:`joindet.data.image_io.read_image` raises ``UnusableImage``) makes
     the mapper return None, so that Detectron2's ``MapDataset`` maps another image; ``self.skipped``
@@ -111,6 +112,7 @@ class JoinDetDatasetMapper:
             return None
         boxes, scores = priors.get(d["image_id"])
         num_priors = len(scores)
+        best_score = float(np.max(scores)) if num_priors else 0.0
         index = np.arange(num_priors)  # each prior's position in the image's bank entry
         if 0 < self.train_topk < num_priors:  # only the best-scored priors supervise
             index = np.argsort(-np.asarray(scores), kind="stable")[: self.train_topk]
@@ -137,6 +139,7 @@ class JoinDetDatasetMapper:
         d["prior_crops"] = crop_priors(image_t, boxes, self.crop_size)
         d["prior_version"] = priors.version
         d["num_priors"] = num_priors
+        d["prior_best_score"] = best_score
         d.pop("annotations", None)
         self.skipped.used_one()
         return d

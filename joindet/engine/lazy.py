@@ -253,13 +253,17 @@ def do_train(args, cfg):
     Returns the results of the last evaluation."""
     if cfg.train.amp.enabled and torch.device(cfg.train.device).type != "cuda":
         raise ValueError(f"train.amp.enabled needs a CUDA device, but train.device is {cfg.train.device!r}")
-    model = build_lazy_model(cfg)
     pretraining = "joindet" in cfg
-    if pretraining != isinstance(model, JoinDet):
+    target = cfg.model._target_
+    model_class = locate(target) if isinstance(target, str) else target
+    # checked before the model is built: the JoinDet model reads joindet.priors.* by interpolation
+    if pretraining != (isinstance(model_class, type) and issubclass(model_class, JoinDet)):
         raise ValueError(
-            f"The model is a {type(model).__name__} and the config {'has a' if pretraining else 'has no'} joindet "
-            "section: JoinDet pretraining needs both a JoinDet model (common/models/joindet.py) and the prior "
-            "settings (common/data/pretrain_priors.py); a supervised config has neither")
+            f"The model is a {getattr(model_class, '__name__', model_class)} and the config "
+            f"{'has a' if pretraining else 'has no'} joindet section: JoinDet pretraining needs both a JoinDet model "
+            "(common/models/joindet.py) and the prior settings (common/data/pretrain_priors.py); a supervised "
+            "config has neither")
+    model = build_lazy_model(cfg)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     if pretraining:

@@ -127,7 +127,9 @@ class SetCriterion(nn.Module):
     def loss_labels(self, outputs, targets, indices: Indices, num_boxes: float):
         """
         Sigmoid focal loss against one-hot targets (matched queries: their target's class; all
-        other queries: all zeros), summed over (B, Q, C) and divided by ``num_boxes``.
+        other queries: all zeros), summed over (B, Q, C) and divided by ``num_boxes``. A target dict with
+        ``quality`` (n,) in [0, 1] makes its matched queries' target that value instead of 1 (a soft
+        target: the focal loss's alpha and modulating factor interpolate between the two classes).
 
         Returns:
             {"loss_ce": scalar float tensor}
@@ -139,7 +141,14 @@ class SetCriterion(nn.Module):
             [t["labels"][j.to(t["labels"].device)] for t, (_, j) in zip(targets, indices)]
         )
         onehot = torch.zeros_like(logits, dtype=torch.float32)
-        onehot[batch_idx, pred_idx, labels.to(logits.device)] = 1.0
+        if any("quality" in t for t in targets):
+            value = torch.cat([
+                t.get("quality", torch.ones_like(t["labels"], dtype=torch.float32))[j.to(t["labels"].device)].float()
+                for t, (_, j) in zip(targets, indices)
+            ]).to(logits.device)
+        else:
+            value = 1.0
+        onehot[batch_idx, pred_idx, labels.to(logits.device)] = value
         loss = sigmoid_focal_loss(
             logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
         )

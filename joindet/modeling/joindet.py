@@ -13,10 +13,44 @@ from .criterion import SetCriterion
 from .deformable_detr import DeformableDETR
 from .utils import MLP
 
-__all__ = ["JoinDet", "ObjectEmbeddingCriterion", "PRETRAIN_ONLY_PREFIXES"]
+__all__ = ["JoinDet", "ObjectEmbeddingCriterion", "PRETRAIN_ONLY_PREFIXES", "prior_objectness_targets"]
 
 # Parameters that exist only for pretraining: dropped when a JoinDet checkpoint is fine-tuned.
 PRETRAIN_ONLY_PREFIXES = ("class_embed.", "embed_head.", "embed_encoder.", "transformer.decoder.class_embed.")
+
+
+OBJECTNESS_TARGETS = ("one", "refreshed_score")  # JOINDET.PRIORS.OBJECTNESS_TARGET
+
+
+def prior_objectness_targets(x, mode):
+    """
+    The objectness targets of one training input's priors, for the queries matched to them.
+
+    Args:
+        x: a JoinDetDatasetMapper output: ``instances.gt_scores`` (n,), ``prior_version`` and
+            ``prior_best_score`` (the highest score of the image's bank entry).
+        mode: ``"one"``: every prior is an object (returns None: the criterion's hard target 1);
+            ``"refreshed_score"``: the priors of a refreshed version (>= 1, scored by the model) get their
+            score divided by the image's best, clipped to [0, 1], so that what a refresh learned reaches the
+            training; version 0's scores are a heuristic's (selective search's rank, a crop's order) and say
+            nothing about objectness, so its priors keep the target 1 (as does an entry without a positive score).
+
+    Returns:
+        None, or a (n,) float32 tensor in [0, 1].
+    """
+    if mode == "one":
+        return None
+    if mode != "refreshed_score":
+        raise ValueError(f"objectness target mode must be one of {OBJECTNESS_TARGETS}, got {mode!r}")
+    for key in ("prior_version", "prior_best_score"):
+        if key not in x:
+            raise ValueError(f"the objectness target 'refreshed_score' needs {key!r} in each training input "
+                             f"(JoinDetDatasetMapper adds it); input {x.get('file_name')} has none")
+    scores = x["instances"].gt_scores.float()
+    best = float(x["prior_best_score"])
+    if x["prior_version"] < 1 or best <= 0:
+        return torch.ones_like(scores)
+    return (scores / best).clamp(0.0, 1.0)
 
 
 class ObjectEmbeddingCriterion(SetCriterion):
@@ -40,7 +74,8 @@ class ObjectEmbeddingCriterion(SetCriterion):
 class JoinDet(DeformableDETR):
     """Deformable DETR for unsupervised pretraining.
 
-    Training inputs carry the priors as ``instances.gt_boxes`` (every prior is class 0, "object") and
+    Training inputs carry the priors as ``instances.gt_boxes`` (every prior is class 0, "object"; its matched
+    query's objectness target is 1 or, with ``objectness_target``, see ``prior_objectness_targets``) and
     their crops as ``prior_crops`` (n, 3, S, S) uint8 in the input format, aligned with the instances.
     Extra output: ``pred_embed`` (N, Q, E). The embedding targets come from ``embed_encoder`` (frozen,
     eval mode, no gradient): global-average-pooled ``res5`` of the crops. With ``embed_encoder="backbone"``
@@ -49,8 +84,11 @@ class JoinDet(DeformableDETR):
     """
 
     @configurable
-    def __init__(self, *, embed_dim, embed_encoder="backbone", **kwargs):
+    def __init__(self, *, embed_dim, embed_encoder="backbone", objectness_target="one", **kwargs):
         super().__init__(**kwargs)
+        if objectness_target not in OBJECTNESS_TARGETS:
+            raise ValueError(f"objectness_target must be one of {OBJECTNESS_TARGETS}, got {objectness_target!r}")
+        self.objectness_target = objectness_target
         self.online_objectness = None  # an OnlineObjectness to record the priors' objectness into (rescore_online)
         d_model = self.transformer.d_model
         self.embed_head = MLP(d_model, d_model, embed_dim, 2)
@@ -75,6 +113,7 @@ class JoinDet(DeformableDETR):
         args["num_classes"] = 1  # class-agnostic objectness (the criterion: build_criterion, called by super)
         args["embed_dim"] = cfg.JOINDET.EMBED_DIM
         args["embed_encoder"] = cfg.JOINDET.EMBED_ENCODER
+        args["objectness_target"] = cfg.JOINDET.PRIORS.OBJECTNESS_TARGET
         return args
 
     @classmethod
@@ -122,8 +161,10 @@ class JoinDet(DeformableDETR):
         prob = outputs["pred_logits"].sigmoid().amax(-1)  # (N, Q)
         boxes = box_convert(outputs["pred_boxes"], "cxcywh", "xyxy")
         for i, (t, x) in enumerate(zip(targets, batched_inputs)):
-            if "prior_version" not in x:
-                continue
+            missing = [k for k in ("prior_version", "num_priors", "image_id") if k not in x]
+            if missing:
+                raise ValueError(f"rescore_online records the objectness of each prior, and training input "
+                                 f"{x.get('file_name')} lacks {missing} (JoinDetDatasetMapper adds them)")
             priors = box_convert(t["boxes"], "cxcywh", "xyxy")
             quality = (box_iou(priors, boxes[i]) * prob[i][None]).amax(1) if len(priors) else prob.new_zeros(0)
             self.online_objectness.record(x["image_id"], x["prior_version"], x["num_priors"],
@@ -143,6 +184,9 @@ class JoinDet(DeformableDETR):
                 raise ValueError(f"{crops.shape[0]} prior crops for {t['boxes'].shape[0]} priors "
                                  f"(image {x.get('file_name')})")
             t["embeddings"] = self.crop_embeddings(crops)
+            quality = prior_objectness_targets(x, self.objectness_target)
+            if quality is not None:
+                t["quality"] = quality.to(self.device)
         return targets
 
     @staticmethod

@@ -19,6 +19,9 @@ joindet = dict(
         init_source="ncut_backbone",  # version 0: ncut_backbone, ncut_color, selective_search, random_crops
         topk=30,  # priors kept per image (K)
         train_topk=0,  # the highest-scored priors of an image that supervise the detector (0 = all K)
+        # objectness target of a prior's matched query: "one", or "refreshed_score" (a refreshed version's
+        # priors: score / the image's best; version 0's: 1); the model reads it (common/models/joindet.py)
+        objectness_target="one",
         min_side=128,  # selective search: shorter side the image is resized to (DETReg)
         num_workers=2,  # processes computing selective-search priors
         seed=0,  # random-crop priors: seed
