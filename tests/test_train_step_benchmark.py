@@ -23,9 +23,20 @@ def test_train_step_benchmark_smoke(synthetic_cache, tmp_path, one_torch_thread)
     assert (tmp_path / "bench" / "synthetic").is_dir()  # its own synthetic set, not the shared cache
 
 
-def test_train_step_benchmark_compares_two_values_side_by_side(synthetic_cache, tmp_path, one_torch_thread, capsys):
+def test_train_step_benchmark_compares_two_values_side_by_side(synthetic_cache, tmp_path, one_torch_thread, capsys,
+                                                               monkeypatch):
+    from detectron2.utils.events import get_event_storage
+
     from joindet.benchmarks import train_step
 
+    storages = []  # the current event storage of every step: each variant's own, as its steps alternate
+    timed_step = train_step.timed_step
+
+    def recording_step(*args):
+        storages.append(get_event_storage())
+        return timed_step(*args)
+
+    monkeypatch.setattr(train_step, "timed_step", recording_step)
     opts = [*TINY_MODEL_OPTS, *TINY_PRETRAIN_OPTS, "DATASETS.SYNTHETIC.IMAGE_SIZE", "64", "MODEL.DEVICE", "cpu",
             "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2"]
     rows = train_step.main(["--iters", "1", "--num-images", "6", "--output-dir", str(tmp_path / "bench"),
@@ -36,3 +47,6 @@ def test_train_step_benchmark_compares_two_values_side_by_side(synthetic_cache, 
     assert {r["variant"] for r in rows[per_variant:]} == {"JOINDET.EMBED_LOSS_WEIGHT 0.5"}
     assert all(len(r["ms_per_step"]) == 1 for r in rows)
     assert "JOINDET.EMBED_LOSS_WEIGHT 0.5: data loading" in capsys.readouterr().out
+    steps = train_step.WARMUP_ITERS + 1
+    assert len(storages) == 2 * steps and storages[0] is not storages[1]
+    assert storages == [storages[0], storages[1]] * steps

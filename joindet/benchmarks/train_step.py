@@ -217,12 +217,15 @@ def main(argv: Optional[Sequence[str]] = None):
         variants = [(key, v) for v in values.split(",")]
     built = [_build(args, opts) for opts in variants]
     measured = []
-    # the event storage of trainer.train(): the hook and the model may log scalars into it
+    # each trainer's own event storage, as in trainer.train() (the hook and the model may log scalars into
+    # it), made the current one only around that trainer's work: storages stack, so entering them all at
+    # once would send every variant's scalars into the last one
     with contextlib.ExitStack() as stack:
         for cfg, trainer, pretraining in built:
-            trainer.storage = stack.enter_context(EventStorage(trainer.start_iter))
+            trainer.storage = EventStorage(trainer.start_iter)
             if pretraining:
-                trainer.prior_hook.before_train()  # prior version 0: what the mapper's targets come from
+                with trainer.storage:
+                    trainer.prior_hook.before_train()  # prior version 0: what the mapper's targets come from
             measured.append(stack.enter_context(_Measured(trainer)))
         for i in range(WARMUP_ITERS + args.iters):  # the variants' steps alternate: side by side
             for m in measured:
@@ -275,7 +278,8 @@ class _Measured:
         return self
 
     def step(self, keep=True):
-        seconds, total = timed_step(self.model, self.optimizer, self.data_iter, self.timer)
+        with self.trainer.storage:
+            seconds, total = timed_step(self.model, self.optimizer, self.data_iter, self.timer)
         if keep:
             self.steps.append(seconds)
             self.totals.append(total)
