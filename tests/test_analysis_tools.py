@@ -442,6 +442,32 @@ def test_comparison_runs_each_method_and_resumes(tmp_path, capsys):
                                     "SEED", "1", "OUTPUT_DIR", str(run / "finetune")]]
 
 
+def test_comparison_table_only_tabulates_the_finished_runs_and_runs_nothing(tmp_path, capsys):
+    methods_file = tmp_path / "methods.yaml"
+    methods_file.write_text(METHODS_YAML)
+    out = tmp_path / "cmp"
+    with pytest.raises(SystemExit):  # nothing finished yet: nothing to tabulate
+        ablation.main([*_comparison_args(methods_file, out), "--table-only"], runner=_method_runner())
+    assert "no finished run" in capsys.readouterr().err
+    ablation.main(_comparison_args(methods_file, out), runner=_method_runner())
+    (out / "method_detreg" / "seed_0" / "result.json").unlink()  # detreg: seed 1 only
+    for seed in (0, 1):  # joindet_ncut: nothing
+        (out / "method_joindet_ncut" / f"seed_{seed}" / "result.json").unlink()
+    runner = _method_runner()
+    summary = ablation.main([*_comparison_args(methods_file, out), "--table-only"], runner=runner)
+    assert runner.calls == []
+    assert [(r["value"], r["n"], r["seeds"]) for r in summary["rows"]] == [("no_pretraining", 2, [0, 1]),
+                                                                          ("detreg", 1, [1])]
+    assert summary["rows"][1]["AP"] == {"mean": pytest.approx(4.0), "std": None}
+    assert summary["unfinished"] == [{"method": "detreg", "seed": 0}, {"method": "joindet_ncut", "seed": 0},
+                                     {"method": "joindet_ncut", "seed": 1}]
+    assert json.loads((out / "table.json").read_text()) == summary
+    assert "method=joindet_ncut seed=1: not finished" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        ablation.main([*_comparison_args(methods_file, out), "--table-only", "--dry-run"], runner=runner)
+    assert "exclude each other" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("methods_yaml, expected", [
     (f"- name: a\n  pretrain_config: {PRETRAIN_CONFIG}\n- name: a\n  pretrain_config: null\n",
      ["method 'a': duplicate name (methods #1 and #2)"]),

@@ -504,26 +504,41 @@ def _run_one(row: _Row, seed: int, run: Path, prefix: str, launch: Sequence[str]
 
 def _run_rows(column: str, rows: Sequence[_Row], seeds: Sequence[int], out_dir, metric: str, num_gpus: int,
               dry_run: bool, runner: Runner, env: Optional[Mapping[str, str]], log: Callable[[str], None],
-              extra: Optional[Mapping] = None) -> Optional[dict]:
+              extra: Optional[Mapping] = None, table_only: bool = False) -> Optional[dict]:
     """
     Both modes' orchestration: every row x seed (``_run_one``), then the table of the first column
-    ``column`` (the key, or "method"). ``extra`` is added to table.json.
+    ``column`` (the key, or "method"). ``extra`` is added to table.json. With ``table_only`` nothing runs:
+    the table holds the finished runs, rows without one are left out, and table.json lists the runs
+    still to do under "unfinished".
     """
     out = Path(out_dir).resolve()
     launch = ["--num-gpus", str(num_gpus)] if num_gpus > 1 else []
     total = len(rows) * len(seeds)
-    results = []
+    results, unfinished = [], []
     for i, (row, seed) in enumerate(((row, seed) for row in rows for seed in seeds), 1):
         prefix = f"[{i}/{total}] {column}={row.label} seed={seed}"
-        result = _run_one(row, seed, out / row.folder / f"seed_{seed}", prefix, launch, metric, dry_run,
-                          runner, env, log)
+        run = out / row.folder / f"seed_{seed}"
+        if table_only:
+            result_file = run / "result.json"
+            if result_file.is_file():
+                results.append(json.loads(result_file.read_text(encoding="utf-8")))
+            else:
+                log(f"{prefix}: not finished (no {result_file})")
+                unfinished.append({column: row.label, "seed": seed})
+            continue
+        result = _run_one(row, seed, run, prefix, launch, metric, dry_run, runner, env, log)
         if result is not None:
             results.append(result)
     if dry_run:
         return None
 
-    summary = summarize(results, column, [row.label for row in rows], metric=metric)
+    labels = [row.label for row in rows if any(r["value"] == row.label for r in results)]
+    if not labels:
+        raise ValueError(f"no finished run in {out} to tabulate (run without --table-only first)")
+    summary = summarize(results, column, labels, metric=metric)
     summary["seeds"] = list(seeds)
+    if table_only:
+        summary["unfinished"] = unfinished
     summary.update(extra or {})
     summary = _json_safe(summary)
     table = format_ablation_table(summary)
@@ -548,6 +563,7 @@ def run_ablation(
     metric: str = "AP",
     num_gpus: int = 1,
     dry_run: bool = False,
+    table_only: bool = False,
     runner: Runner = run_training,
     env: Optional[Mapping[str, str]] = None,
     log: Callable[[str], None] = print,
@@ -565,6 +581,8 @@ def run_ablation(
         metric: the bbox metric plotted (a key of Detectron2's bbox results, e.g. "AP", "AP50").
         num_gpus: ``--num-gpus`` of each train_net.py process.
         dry_run: only log the commands (and which runs are finished); return None.
+        table_only: run nothing: tabulate the finished runs (rows with none are left out; table.json lists
+            the rest under "unfinished").
         runner: runs one train_net.py (``run_training``; tests inject a fake).
         env: the environment of the processes (None: this process's).
         log: where progress lines go.
@@ -593,7 +611,7 @@ def run_ablation(
     finetune_opts = _check_opts("finetune_opts", finetune_opts, (*_RESERVED_KEYS, param))
     rows = _param_rows(param, values, _resolve_config(pretrain_config), _resolve_config(finetune_config),
                        pretrain_opts, finetune_opts)
-    return _run_rows(param, rows, seeds, out_dir, metric, num_gpus, dry_run, runner, env, log)
+    return _run_rows(param, rows, seeds, out_dir, metric, num_gpus, dry_run, runner, env, log, table_only=table_only)
 
 
 def run_comparison(
@@ -606,6 +624,7 @@ def run_comparison(
     metric: str = "AP",
     num_gpus: int = 1,
     dry_run: bool = False,
+    table_only: bool = False,
     runner: Runner = run_training,
     env: Optional[Mapping[str, str]] = None,
     log: Callable[[str], None] = print,
@@ -623,7 +642,7 @@ def run_comparison(
         out_dir: the comparison folder (runs in ``method_<name>/seed_<seed>/``).
         pretrain_opts: KEY VALUE overrides of every pretraining, before each method's pretrain_opts.
         finetune_opts: KEY VALUE overrides of every fine-tuning, before each method's finetune_opts.
-        metric, num_gpus, dry_run, runner, env, log: as in ``run_ablation``.
+        metric, num_gpus, dry_run, table_only, runner, env, log: as in ``run_ablation``.
 
     Returns:
         the summary written to table.json (``summarize``'s, param "method", plus "seeds" and the
@@ -645,7 +664,7 @@ def run_comparison(
     finetune_opts = _check_opts("finetune_opts", finetune_opts, _RESERVED_KEYS)
     rows = _method_rows(methods, source, finetune_config, pretrain_opts, finetune_opts)
     return _run_rows("method", rows, seeds, out_dir, metric, num_gpus, dry_run, runner, env, log,
-                     extra={"methods": [row.record["method"] for row in rows]})
+                     extra={"methods": [row.record["method"] for row in rows]}, table_only=table_only)
 
 
 def _mean_std(xs: Sequence[Optional[float]]) -> Dict[str, Optional[float]]:
@@ -780,6 +799,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metric", default="AP", help="bbox metric of the plot (default AP)")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per training (train_net.py --num-gpus)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--table-only", action="store_true",
+                        help="run nothing: write the table of the finished runs (a partial one while others run)")
     return parser
 
 
@@ -788,7 +809,9 @@ def main(argv: Optional[Sequence[str]] = None, runner: Runner = run_training,
     parser = build_parser()
     args = parser.parse_args(argv)
     common = dict(pretrain_opts=args.pretrain_opts, finetune_opts=args.finetune_opts, metric=args.metric,
-                  num_gpus=args.num_gpus, dry_run=args.dry_run, runner=runner, env=env)
+                  num_gpus=args.num_gpus, dry_run=args.dry_run, table_only=args.table_only, runner=runner, env=env)
+    if args.dry_run and args.table_only:
+        parser.error("--dry-run and --table-only exclude each other (one lists the commands, one tabulates)")
     if args.methods is not None:
         if args.values is not None:
             parser.error("--values belongs to --param; a comparison's rows are the methods of --methods")
