@@ -253,6 +253,8 @@ def add_joindet_config(cfg):
     _C.JOINDET.SMOOTH = CN()
     _C.JOINDET.SMOOTH.MOMENTUM = 0.45  # m_s: weight of the precedent priors in the Box Smooth Module
     _C.JOINDET.SMOOTH.IOU_THRESHOLD = 0.48  # clustering IoU threshold of the Box Smooth Module
+    # Gaussian Soft-NMS sigma of the merged scores of each image (boxes kept; 0 = none, the paper's module)
+    _C.JOINDET.SMOOTH.SOFT_NMS_SIGMA = 0.0
     _C.JOINDET.REFRESH = CN()
     _C.JOINDET.REFRESH.GENERATOR = "ncut_encoder"  # refresh: ncut_encoder (the paper), detector, detector_ncut, rescore, rescore_online
     _C.JOINDET.REFRESH.NMS_THRESH = 0.7  # detector generators: NMS over an image's detections before the top K
@@ -358,6 +360,7 @@ CONFIG_RULES = {
     "JOINDET.NCUT.BATCH_SIZE": Integer(ge=1),
     "JOINDET.SMOOTH.MOMENTUM": Number(ge=0, le=1),  # m_s
     "JOINDET.SMOOTH.IOU_THRESHOLD": Number(gt=0, lt=1),
+    "JOINDET.SMOOTH.SOFT_NMS_SIGMA": Number(ge=0),
     "JOINDET.REFRESH.GENERATOR": Registered("joindet.priors.refresh", "REFRESH_GENERATOR_REGISTRY", "refresh generator"),
     "JOINDET.REFRESH.NMS_THRESH": Number(gt=0, le=1),
     "JOINDET.UPDATE_PERIOD": Number(ge=0),  # 0 = never

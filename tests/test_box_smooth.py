@@ -351,3 +351,63 @@ def test_bank_benchmark_smoke(tmp_path):
     (row,) = bank.main(["--sizes", "tiny", "--json", str(tmp_path / "bank.json")])
     assert row["images"] == 1000 and 1000 <= row["output_boxes"] <= 30_000 and row["total_s"] > 0
     assert (tmp_path / "bank.json").is_file()
+
+
+# --------------------------------------------------------------------------- Soft-NMS (step 3b)
+def reference_soft_nms(boxes, scores, sigma):
+    """Loop reference of Gaussian Soft-NMS on one image (float64): take the best box not yet taken, decay
+    every box not yet taken by exp(-IoU^2 / sigma), until all are taken."""
+    scores = [float(s) for s in scores]
+    todo = list(range(len(scores)))
+    while todo:
+        best = max(todo, key=lambda i: scores[i])
+        todo.remove(best)
+        for i in todo:
+            scores[i] *= np.exp(-np_iou(np.float64(boxes[best]), np.float64(boxes[i])) ** 2 / sigma)
+    return np.array(scores)
+
+
+def test_soft_nms_by_hand():
+    from joindet.priors.box_smooth import soft_nms_scores
+
+    boxes = torch.tensor(np.stack([SQUARE, shifted(5.0), shifted(40.0)]), dtype=torch.float64)
+    scores = torch.tensor([0.9, 0.8, 0.3], dtype=torch.float64)
+    got = soft_nms_scores(boxes, scores, torch.zeros(3, dtype=torch.long), 1, sigma=0.5)
+    # box 1 overlaps box 0 with IoU 1/3: decayed once; box 2 overlaps nothing: unchanged
+    np.testing.assert_allclose(got.numpy(), [0.9, 0.8 * np.exp(-(1 / 3) ** 2 / 0.5), 0.3], rtol=1e-12)
+    with pytest.raises(ValueError, match="sigma must be > 0"):
+        soft_nms_scores(boxes, scores, torch.zeros(3, dtype=torch.long), 1, sigma=0.0)
+
+
+def test_soft_nms_batched_equals_per_image_reference():
+    from joindet.priors.box_smooth import soft_nms_scores
+
+    rng = np.random.default_rng(3)
+    counts = [6, 0, 1, 17, 30]
+    parts = [random_priors(rng, n) for n in counts]
+    boxes = torch.as_tensor(np.concatenate([p[0] for p in parts]), dtype=torch.float64)
+    scores = torch.as_tensor(np.concatenate([p[1] for p in parts]), dtype=torch.float64)
+    image = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    perm = torch.as_tensor(rng.permutation(len(image)))  # rows in any order
+    got = torch.empty_like(scores)
+    got[perm] = soft_nms_scores(boxes[perm], scores[perm], image[perm], len(counts), sigma=0.5, chunk_images=2)
+    start = 0
+    for (b, s), n in zip(parts, counts):
+        np.testing.assert_allclose(got[start:start + n].numpy(), reference_soft_nms(b, s, 0.5), rtol=1e-9)
+        start += n
+
+
+def test_smoothing_with_soft_nms_keeps_the_boxes_and_reranks_duplicates():
+    # the precedent set has two near-duplicates of one object and one other object; the current set
+    # re-scores the same boxes (a rescore refresh): the duplicate falls below the other object
+    old_b = np.stack([SQUARE, shifted(1.0), shifted(40.0)])
+    old_s = np.float32([0.9, 0.85, 0.6])
+    plain_b, plain_s = smooth_priors(old_b, old_s, old_b, old_s)
+    snms_b, snms_s = smooth_priors(old_b, old_s, old_b, old_s, soft_nms_sigma=0.5)
+    assert sorted_rows(plain_b, np.zeros(3)).tolist() == sorted_rows(snms_b, np.zeros(3)).tolist()  # same boxes
+    np.testing.assert_array_equal(plain_b[1], shifted(1.0))  # without: the duplicate ranks second
+    np.testing.assert_array_equal(snms_b[1], shifted(40.0))  # with: the other object does
+    iou = np_iou(SQUARE, shifted(1.0))
+    np.testing.assert_allclose(snms_s, [0.9, 0.6, 0.85 * np.exp(-iou ** 2 / 0.5)], rtol=1e-6)
+    with pytest.raises(ValueError, match="soft_nms_sigma"):
+        smooth_priors(old_b, old_s, old_b, old_s, soft_nms_sigma=-1.0)

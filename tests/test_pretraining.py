@@ -47,8 +47,9 @@ TINY_PRETRAIN_OPTS = [
 ]
 
 # The two-refresh run: 6 iterations, refreshes after iterations 2 and 4 (1-based), a checkpoint after
-# iteration 3 (between them) and at the end.
-RUN_OPTS = ["SOLVER.MAX_ITER", "6", "JOINDET.UPDATE_PERIOD_ITERS", "2", "SOLVER.CHECKPOINT_PERIOD", "3"]
+# iteration 3 (between them) and at the end; the merge with Soft-NMS of its scores.
+RUN_OPTS = ["SOLVER.MAX_ITER", "6", "JOINDET.UPDATE_PERIOD_ITERS", "2", "SOLVER.CHECKPOINT_PERIOD", "3",
+            "JOINDET.SMOOTH.SOFT_NMS_SIGMA", "0.5"]
 EMPTY_IMAGE_ID = 3  # the image on which the patched NCut finds nothing
 
 
@@ -179,6 +180,7 @@ def test_an_image_without_ncut_priors_keeps_its_previous_ones(refresh_run):
         empty = [i for i, (boxes, _) in current.items() if len(boxes) == 0]
         assert EMPTY_IMAGE_ID in empty and len(empty) < len(current)
         assert new.meta["info"]["images_kept_previous"] == len(empty)
+        assert new.meta["info"]["soft_nms_sigma"] == s.SOFT_NMS_SIGMA == 0.5
         for image_id, (boxes, scores) in current.items():
             old_boxes, old_scores = previous.get(image_id)
             got_boxes, got_scores = new.get(image_id)
@@ -188,7 +190,8 @@ def test_an_image_without_ncut_priors_keeps_its_previous_ones(refresh_run):
                 assert len(got_boxes) > 0
             else:  # the Box Smooth Module's merge of the previous and the current priors
                 want_boxes, want_scores = smooth_priors(old_boxes, old_scores, boxes, scores, momentum=s.MOMENTUM,
-                                                        iou_threshold=s.IOU_THRESHOLD, topk=cfg.JOINDET.PRIORS.TOPK)
+                                                        iou_threshold=s.IOU_THRESHOLD, topk=cfg.JOINDET.PRIORS.TOPK,
+                                                        soft_nms_sigma=s.SOFT_NMS_SIGMA)
                 np.testing.assert_allclose(got_boxes, want_boxes, rtol=0, atol=1e-4)
                 np.testing.assert_allclose(got_scores, want_scores, rtol=0, atol=1e-6)
 

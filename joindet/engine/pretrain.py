@@ -76,6 +76,7 @@ def build_prior_refresh_hook(*, active_priors, dataset_dicts, dataset_name, init
         momentum=s["momentum"],
         iou_threshold=s["iou_threshold"],
         topk=p["topk"],
+        soft_nms_sigma=s["soft_nms_sigma"],
         eval_dicts=DatasetCatalog.get(eval_name) if eval_name else None,
     )
 

@@ -30,7 +30,8 @@ class PriorRefreshHook(HookBase):
       (computed by ``init_source``, or reused when the bank holds version 0 of the same settings).
     - every ``period`` iterations (0 = never): the current priors of every image from ``generator`` (a
       refresh generator, :mod:`joindet.priors.refresh`; each process its shard), smoothed with the version
-      in use by the Box Smooth Module (an image for which the generator finds nothing keeps its priors),
+      in use by the Box Smooth Module (its scores through Soft-NMS when ``soft_nms_sigma`` > 0; an image for
+      which the generator finds nothing keeps its priors),
       written by each process as its shard of the next version, which the main process commits
       (``generation.publish_version``: no process gathers the priors), then made active in every process (and
       so in their data-loader workers).
@@ -42,7 +43,7 @@ class PriorRefreshHook(HookBase):
     """
 
     def __init__(self, *, active_priors, dataset_dicts, dataset_name, init_source, generator, period, momentum=0.45,
-                 iou_threshold=0.48, topk=30, eval_dicts=None, stats_sample=2000):
+                 iou_threshold=0.48, topk=30, soft_nms_sigma=0.0, eval_dicts=None, stats_sample=2000):
         self.active = active_priors
         self.dataset_dicts = list(dataset_dicts)
         self.dataset_name = dataset_name
@@ -52,6 +53,7 @@ class PriorRefreshHook(HookBase):
         self.momentum = momentum
         self.iou_threshold = iou_threshold
         self.topk = topk
+        self.soft_nms_sigma = soft_nms_sigma
         self.eval_dicts = eval_dicts
         self.stats_sample = stats_sample
         self.quality = []  # [(label, metrics dict)] of every version evaluated in this run
@@ -109,7 +111,8 @@ class PriorRefreshHook(HookBase):
         local = shard(self.dataset_dicts)
         current = self.generator(model, local, previous)
         smoothed, kept = merge_refresh(previous, current, [d["image_id"] for d in local], momentum=self.momentum,
-                                       iou_threshold=self.iou_threshold, topk=self.topk)
+                                       iou_threshold=self.iou_threshold, topk=self.topk,
+                                       soft_nms_sigma=self.soft_nms_sigma)
         del current
         shard_arrays = priors_to_arrays(smoothed)  # this rank's shard as arrays, no Python object per image
         del smoothed
@@ -117,7 +120,7 @@ class PriorRefreshHook(HookBase):
         version = previous.version + 1
         self._publish(version, shard_arrays, {"source": self.generator_name, "iteration": self.trainer.iter + 1,
                                               "momentum": self.momentum, "iou_threshold": self.iou_threshold,
-                                              "images_kept_previous": kept})
+                                              "soft_nms_sigma": self.soft_nms_sigma, "images_kept_previous": kept})
         del shard_arrays
         self.active.set_version(version)
         logger.info("Prior bank version %d at iteration %d (%s): %.1f s, %d images where nothing was found kept "

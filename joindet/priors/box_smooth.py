@@ -15,7 +15,8 @@ from torchvision.ops import box_iou
 
 from .bank import check_priors
 
-__all__ = ["smooth_priors", "smooth_priors_batched", "smooth_prior_lists", "smooth_version_arrays", "merge_refresh", "check_smooth_settings", "mean_best_iou"]
+__all__ = ["smooth_priors", "smooth_priors_batched", "soft_nms_scores", "smooth_prior_lists", "smooth_version_arrays",
+           "merge_refresh", "check_smooth_settings", "mean_best_iou"]
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -62,6 +63,55 @@ def _ranks(counts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return image, rank
 
 
+def soft_nms_scores(boxes: torch.Tensor, scores: torch.Tensor, image: torch.Tensor, num_images: int, sigma: float,
+                    chunk_images: int = 4096) -> torch.Tensor:
+    """
+    Gaussian Soft-NMS (Bodla et al., 2017) of the scores of many images at once; the boxes stay.
+
+    Per image, greedily: the highest-scored box not yet taken is taken, and every box not yet taken has
+    its score multiplied by exp(-IoU(taken box, box)^2 / sigma); repeated until every box is taken. A box
+    that duplicates a higher-scored one thus falls in the ranking, a box overlapping nothing keeps its score.
+
+    Args:
+        boxes (R, 4) XYXY, scores (R,), image (R,) int64: rows of ``num_images`` images in any order.
+        sigma: > 0.
+        chunk_images: images per block (bounds memory at chunk * K * K, K the most boxes of an image).
+
+    Returns:
+        the new scores (R,), in the rows' order.
+    """
+    if not sigma > 0:
+        raise ValueError(f"soft-NMS sigma must be > 0, got {sigma}")
+    out = scores.clone()
+    if scores.numel() == 0:
+        return out
+    order = torch.sort(image, stable=True).indices  # rows grouped by image
+    counts = torch.bincount(image, minlength=num_images)
+    img, rank = _ranks(counts)
+    k = int(counts.max())
+    starts = (torch.cumsum(counts, 0) - counts).tolist() + [scores.numel()]
+    for lo in range(0, num_images, chunk_images):
+        hi = min(lo + chunk_images, num_images)
+        rows = order[starts[lo]:starts[hi]]
+        if rows.numel() == 0:
+            continue
+        sel = torch.arange(starts[lo], starts[hi], device=scores.device)
+        dense = _dense(boxes[rows], img[sel] - lo, rank[sel], hi - lo, k)
+        s = scores.new_full((hi - lo, k), float("-inf"))
+        s[img[sel] - lo, rank[sel]] = scores[rows]
+        iou = _iou_new_old(dense, dense)  # (c, k, k)
+        alive = torch.isfinite(s)
+        arange = torch.arange(hi - lo, device=scores.device)
+        for _ in range(k):
+            top = s.masked_fill(~alive, float("-inf")).argmax(dim=1)  # (c,)
+            has = alive[arange, top]
+            alive[arange[has], top[has]] = False
+            decay = torch.exp(-iou[arange, top] ** 2 / sigma)  # (c, k)
+            s = torch.where(alive & has[:, None], s * decay, s)
+        out[rows] = s[img[sel] - lo, rank[sel]]
+    return out
+
+
 def smooth_priors_batched(
     old_boxes: torch.Tensor,
     old_scores: torch.Tensor,
@@ -73,6 +123,7 @@ def smooth_priors_batched(
     iou_threshold: float = 0.48,
     topk: int = 30,
     chunk_images: int = 4096,
+    soft_nms_sigma: float = 0.0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """
     The Box Smooth Module for many images at once (no Python loop over images or boxes).
@@ -89,6 +140,9 @@ def smooth_priors_batched(
        m * (its precedent box's score) + (1 - m) * (mean score of its current members), a side without
        members contributing 0: a prior the model stops finding fades geometrically, a new one enters at
        (1 - m) of its score.
+    3b. With ``soft_nms_sigma`` > 0 (0, the default, is the paper's module): the cluster scores of each image
+       go through Gaussian Soft-NMS (:func:`soft_nms_scores`), so that a cluster duplicating a higher-scored
+       one ranks lower; no box is removed or moved.
     4. The ``topk`` clusters with the highest scores of each image are kept, sorted by descending score
        (ties: precedent clusters first, each set in its input order).
 
@@ -97,6 +151,7 @@ def smooth_priors_batched(
         new_boxes (Q, 4), new_scores (Q,), new_counts (N,): the current priors.
         momentum, iou_threshold, topk: m_s in [0, 1], the threshold in (0, 1), K >= 1.
         chunk_images: images per block of the IoU computation (bounds memory at chunk * Kn * Ko).
+        soft_nms_sigma: >= 0; 0 = no Soft-NMS (step 3b).
     Returns boxes (R, 4), scores (R,) and counts (N,) in the same flat layout, in the work dtype of the
     inputs (call with float64 for bit-exact singleton boxes).
     """
@@ -156,6 +211,8 @@ def smooth_priors_batched(
     s_old = torch.cat([old_scores, old_scores.new_zeros(num_clusters - num_old)])
     boxes = bsum / wsum[:, None]
     scores = m * s_old + (1.0 - m) * torch.where(n_new > 0, s_new / n_new.clamp(min=1), torch.zeros_like(s_new))
+    if soft_nms_sigma > 0:  # 3b.
+        scores = soft_nms_scores(boxes, scores, cluster_image, num_images, soft_nms_sigma, chunk_images)
 
     # 4. top K per image: by descending score (stable), then grouped by image (stable)
     order = torch.sort(scores, descending=True, stable=True).indices
@@ -174,6 +231,7 @@ def smooth_priors(
     momentum: float = 0.45,
     iou_threshold: float = 0.48,
     topk: int = 30,
+    soft_nms_sigma: float = 0.0,
 ) -> Tuple[ArrayLike, ArrayLike]:
     """
     Merge the precedent priors of one image with its current priors (the Box Smooth Module, as defined
@@ -187,13 +245,14 @@ def smooth_priors(
         momentum: m_s in [0, 1], the share of the precedent priors.
         iou_threshold: clustering IoU threshold in (0, 1).
         topk: the maximum number of priors returned (>= 1).
+        soft_nms_sigma: Soft-NMS of the merged scores (>= 0; 0 = none).
 
     Returns:
         boxes (k, 4) and scores (k,), k <= topk, sorted by descending score: numpy float32 arrays
         when all inputs are numpy (or lists), otherwise torch tensors on the inputs' device with the
         boxes' floating dtype (float32 for integer input). Computed in float64 internally.
     """
-    momentum, iou_threshold, topk = check_smooth_settings(momentum, iou_threshold, topk)
+    momentum, iou_threshold, topk, soft_nms_sigma = check_smooth_settings(momentum, iou_threshold, topk, soft_nms_sigma)
     inputs = (old_boxes, old_scores, new_boxes, new_scores)
     tensors = [x for x in inputs if isinstance(x, torch.Tensor)]
     return_torch = len(tensors) > 0
@@ -214,7 +273,7 @@ def smooth_priors(
     counts = lambda n: torch.tensor([n], dtype=torch.long, device=device)  # noqa: E731
     out_boxes, out_scores, _ = smooth_priors_batched(
         ob, os_, counts(ob.shape[0]), nb, ns, counts(nb.shape[0]),
-        momentum=momentum, iou_threshold=iou_threshold, topk=topk)
+        momentum=momentum, iou_threshold=iou_threshold, topk=topk, soft_nms_sigma=soft_nms_sigma)
     if return_torch:
         return out_boxes.to(out_dtype), out_scores.to(out_dtype)
     return (
@@ -234,6 +293,7 @@ def smooth_version_arrays(
     iou_threshold: float = 0.48,
     topk: int = 30,
     chunk_images: int = 16384,
+    soft_nms_sigma: float = 0.0,
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The Box Smooth Module over a whole bank version in the bank's own layout (numpy, float32 boxes,
     ``offsets`` (num_images + 1,) as in ``PriorVersion``), for the same images in both sets.
@@ -243,7 +303,7 @@ def smooth_version_arrays(
     written into arrays of at most ``num_images x topk`` rows. No Python call per image.
     Returns (boxes (R, 4) float32, scores (R,) float32, offsets (num_images + 1,) int64).
     """
-    momentum, iou_threshold, topk = check_smooth_settings(momentum, iou_threshold, topk)
+    momentum, iou_threshold, topk, soft_nms_sigma = check_smooth_settings(momentum, iou_threshold, topk, soft_nms_sigma)
     old_offsets, new_offsets = np.asarray(old_offsets, np.int64), np.asarray(new_offsets, np.int64)
     if old_offsets.shape != new_offsets.shape or old_offsets.ndim != 1 or old_offsets.size < 1:
         raise ValueError(f"old_offsets {old_offsets.shape} and new_offsets {new_offsets.shape} must both be "
@@ -265,7 +325,7 @@ def smooth_version_arrays(
                               torch.as_tensor(new_scores[n], dtype=torch.float64), "the new priors", valid=True)
         boxes, scores, counts = smooth_priors_batched(
             ob, os_, torch.as_tensor(old_counts[lo:hi]), nb, ns, torch.as_tensor(new_counts[lo:hi]),
-            momentum=momentum, iou_threshold=iou_threshold, topk=topk)
+            momentum=momentum, iou_threshold=iou_threshold, topk=topk, soft_nms_sigma=soft_nms_sigma)
         k = boxes.shape[0]
         out_boxes[row:row + k] = boxes.numpy()
         out_scores[row:row + k] = scores.numpy()
@@ -281,6 +341,7 @@ def smooth_prior_lists(
     momentum: float = 0.45,
     iou_threshold: float = 0.48,
     topk: int = 30,
+    soft_nms_sigma: float = 0.0,
 ) -> List[Tuple[np.ndarray, np.ndarray]]:
     """:func:`smooth_version_arrays` over aligned per-image lists of (boxes (k, 4), scores (k,)) numpy pairs
     (precedent and current priors of the same images); returns float32 pairs per image."""
@@ -296,32 +357,34 @@ def smooth_prior_lists(
         return np.concatenate(boxes), np.concatenate(scores), offsets
 
     boxes, scores, offsets = smooth_version_arrays(*flat(old), *flat(new), momentum=momentum,
-                                                   iou_threshold=iou_threshold, topk=topk)
+                                                   iou_threshold=iou_threshold, topk=topk, soft_nms_sigma=soft_nms_sigma)
     return [(boxes[a:b], scores[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
 
 
-def merge_refresh(previous, current, image_ids, momentum=0.45, iou_threshold=0.48, topk=30):
+def merge_refresh(previous, current, image_ids, momentum=0.45, iou_threshold=0.48, topk=30, soft_nms_sigma=0.0):
     """What a refresh publishes for ``image_ids``: the precedent priors (``previous.get(id)``) smoothed
     with the current ones (``current[id]``), except that an image for which the generator found nothing (no
     boxes, or no entry: an image the mapper could not read, or one no training view showed)
     keeps its precedent priors unchanged. Returns (dict image_id -> (boxes, scores), images kept)."""
     found = [i for i in image_ids if i in current and len(current[i][0]) > 0]
     merged = smooth_prior_lists([previous.get(i) for i in found], [current[i] for i in found], momentum=momentum,
-                                iou_threshold=iou_threshold, topk=topk)
+                                iou_threshold=iou_threshold, topk=topk, soft_nms_sigma=soft_nms_sigma)
     out = {i: previous.get(i) for i in image_ids}
     out.update(zip(found, merged))
     return out, len(image_ids) - len(found)
 
 
-def check_smooth_settings(momentum, iou_threshold, topk) -> Tuple[float, float, int]:
-    """Validate m_s, the clustering threshold and K; returns them as (float, float, int)."""
+def check_smooth_settings(momentum, iou_threshold, topk, soft_nms_sigma=0.0) -> Tuple[float, float, int, float]:
+    """Validate m_s, the clustering threshold, K and the Soft-NMS sigma; returns them as (float, float, int, float)."""
     if not 0.0 <= float(momentum) <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
     if not 0.0 < float(iou_threshold) < 1.0:
         raise ValueError(f"iou_threshold must be in (0, 1), got {iou_threshold}")
     if isinstance(topk, bool) or int(topk) != topk or topk < 1:
         raise ValueError(f"topk must be an integer >= 1, got {topk}")
-    return float(momentum), float(iou_threshold), int(topk)
+    if not float(soft_nms_sigma) >= 0.0:
+        raise ValueError(f"soft_nms_sigma must be >= 0 (0 = no Soft-NMS), got {soft_nms_sigma}")
+    return float(momentum), float(iou_threshold), int(topk), float(soft_nms_sigma)
 
 
 def mean_best_iou(boxes_a: ArrayLike, boxes_b: ArrayLike) -> float:

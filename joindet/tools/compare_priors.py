@@ -118,7 +118,8 @@ def compare_priors(cfg_file: str, dataset: str, sources: Sequence[str] = (), gen
             seconds = time.perf_counter() - start
             score(f"{name} (current)", current, seconds)
             merged, _ = merge_refresh(previous, current, [d["image_id"] for d in dicts], momentum=s.MOMENTUM,
-                                      iou_threshold=s.IOU_THRESHOLD, topk=cfg.JOINDET.PRIORS.TOPK)
+                                      iou_threshold=s.IOU_THRESHOLD, topk=cfg.JOINDET.PRIORS.TOPK,
+                                      soft_nms_sigma=s.SOFT_NMS_SIGMA)
             score(f"{name} (smoothed with v{previous.version})", merged, seconds)
     return rows
 

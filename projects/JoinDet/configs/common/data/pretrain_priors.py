@@ -43,6 +43,7 @@ joindet = dict(
     smooth=dict(
         momentum=0.45,  # m_s: weight of the precedent priors in the Box Smooth Module
         iou_threshold=0.48,  # clustering IoU threshold of the Box Smooth Module
+        soft_nms_sigma=0.0,  # Gaussian Soft-NMS of the merged scores (boxes kept; 0 = none, the paper's module)
     ),
     refresh=dict(
         generator="ncut_encoder",  # refresh: ncut_encoder (the paper), detector, detector_ncut, rescore, rescore_online
