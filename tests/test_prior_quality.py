@@ -177,6 +177,22 @@ def test_tool_on_synthetic_bank(tmp_path, capsys):
     rows = eval_priors.main(["--bank", str(tmp_path / "bank"), "--versions", "1", "--dataset", "synth_train"] + synth_args)
     assert [label for label, _ in rows] == ["v1"]
 
+    # --soft-nms-sigma: each version also with re-ranked scores; a duplicate of a true box, scored above
+    # the other true boxes, falls below them (boxes kept: the recall is the same)
+    dup_boxes = [np.concatenate([b, b[:1] + 0.5]) for b in gt_boxes]
+    dup_scores = [np.concatenate([np.linspace(1.0, 0.5, len(b)), [0.99]]) for b in gt_boxes]
+    bank.write_version(2, ids, dup_boxes, dup_scores)
+    rows = eval_priors.main(["--bank", str(tmp_path / "bank"), "--versions", "2", "--dataset", "synth_train",
+                             "--soft-nms-sigma", "0.5"] + synth_args)
+    assert [label for label, _ in rows] == ["v2", "v2 + Soft-NMS 0.5"]
+    plain, snms = rows[0][1], rows[1][1]
+    assert snms["AR@100"] == plain["AR@100"] == pytest.approx(100.0)
+    assert max(len(b) for b in gt_boxes) > 1  # so the duplicate outranks a true box: a precision loss Soft-NMS undoes
+    assert snms["AP"] > plain["AP"]
+    want = eval_priors.soft_nms_version(bank.read(2), 0.5)
+    top = max(want, key=lambda i: len(want[i][1]))
+    assert want[top][1][-1] < want[top][1][0]  # the duplicate, decayed below its original
+
     with pytest.raises(SystemExit):
         eval_priors.main(["--bank", str(tmp_path / "bank"), "--dataset", "synth_train_unlabeled"] + synth_args)
     err = capsys.readouterr().err
