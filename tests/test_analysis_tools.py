@@ -506,7 +506,7 @@ def test_comparison_rejects_bad_method_files(tmp_path, capsys, methods_yaml, exp
 def test_compare_methods_config_validates(tmp_path):
     # every merged config of the shipped comparison validates; the dry run launches nothing
     methods = ablation.load_methods("configs/mini/compare_methods.yaml")
-    names = ["no_pretraining", "random_crops", "detreg", "joindet_ncut_encoder", "joindet_rescore"]
+    names = ["no_pretraining", "random_crops", "detreg", "joindet_ncut_encoder", "joindet_best"]
     assert [m["name"] for m in methods] == names
     lines, runner = [], _method_runner()
     assert ablation.run_comparison("configs/mini/compare_methods.yaml", [0], FINETUNE_CONFIG, str(tmp_path / "cmp"),
