@@ -521,7 +521,8 @@ def test_compare_methods_config_validates(tmp_path):
         weights = tmp_path / "cmp" / f"method_{name}" / "seed_0" / "pretrain" / "model_final.pth"
         assert f"{FINETUNE_CONFIG} MODEL.WEIGHTS {weights} SEED 0" in finetune
     assert "JOINDET.REFRESH.GENERATOR ncut_encoder SEED 0" in lines[6]
-    assert "JOINDET.REFRESH.GENERATOR rescore SEED 0" in lines[8]
+    assert ("JOINDET.REFRESH.GENERATOR rescore JOINDET.SMOOTH.SOFT_NMS_SIGMA 0.5 "
+            "JOINDET.PRIORS.OBJECTNESS_TARGET refreshed_score SEED 0") in lines[8]
 
 
 # --------------------------------------------------------------------------- one real tiny run
