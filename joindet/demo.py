@@ -1,9 +1,9 @@
 """The main job on the built-in default, on the CPU: ``python -m joindet.demo`` (``make demo``).
 
 1. JoinDet pretraining of the mini Deformable DETR (frozen ImageNet Lite0 backbone) on the synthetic
-   images, without their labels (configs/mini/pretrain_synth.yaml; ``--generator`` picks the refresh
-   generator, e.g. ``ncut_encoder`` for the paper's), then the quality of every prior version against the
-   hidden boxes;
+   images, without their labels (configs/mini/pretrain_synth.yaml: its refresh, the best measured here;
+   ``--paper`` the paper's refresh instead, ``--generator`` another refresh generator), then the quality of
+   every prior version against the hidden boxes;
 2. fine-tuning of the pretrained detector on 10% of the synthetic labels
    (configs/mini/finetune_synth_10pct.yaml);
 3. evaluation on the synthetic val split: the COCO-style AP table.
@@ -22,6 +22,10 @@ __all__ = ["main"]
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# the paper's refresh: NCut on the encoder output, the Box Smooth Module as published (no Soft-NMS), every
+# prior an object (objectness target 1)
+PAPER_OPTS = ["JOINDET.REFRESH.GENERATOR", "ncut_encoder", "JOINDET.SMOOTH.SOFT_NMS_SIGMA", "0.0",
+              "JOINDET.PRIORS.OBJECTNESS_TARGET", "one"]
 
 
 def _config(name, config_dir):
@@ -68,15 +72,19 @@ def main(argv=None):
     parser.add_argument("--generator", default="",
                         help="refresh generator (JOINDET.REFRESH.GENERATOR): detector, detector_ncut, rescore or "
                              "ncut_encoder (the paper's); default: the config's")
+    parser.add_argument("--paper", action="store_true",
+                        help="the paper's refresh instead of the config's: " + " ".join(PAPER_OPTS))
     parser.add_argument("--baseline", action="store_true",
                         help="also fine-tune without detector pretraining (same split and schedule)")
     args = parser.parse_args(argv)
+    if args.paper and args.generator:
+        parser.error("--paper sets the refresh generator (ncut_encoder): give --paper or --generator, not both")
     out = Path(args.output_dir)
     timings, summary = {}, {}
 
     start = time.perf_counter()
     pretrain_dir = out / "pretrain"
-    generator_opts = ["JOINDET.REFRESH.GENERATOR", args.generator] if args.generator else []
+    generator_opts = PAPER_OPTS if args.paper else ["JOINDET.REFRESH.GENERATOR", args.generator] if args.generator else []
     _run(_config("mini/pretrain_synth.yaml", args.config_dir), generator_opts + args.pretrain_opts, pretrain_dir)
     timings["pretrain_s"] = time.perf_counter() - start
     table, rows = _prior_quality(pretrain_dir / "prior_bank")

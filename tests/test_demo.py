@@ -24,3 +24,33 @@ def test_prior_quality_reads_the_hooks_file(tmp_path):
     table, parsed = _prior_quality(tmp_path)
     assert [label for label, _ in parsed] == ["v0", "v1"] and parsed[1][1]["AR@30"] == 60.0
     assert "| v0 " in table and "70.0" in table and "| v1 " in table and "60.0" in table
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_paper_flag_runs_the_papers_refresh(monkeypatch, capsys):
+    import pytest
+
+    from conftest import build_cfg
+    from joindet import demo
+
+    calls = []
+
+    def first_stage_only(config_file, opts, output_dir):
+        calls.append((config_file, list(opts)))
+        raise _Stop
+
+    monkeypatch.setattr(demo, "_run", first_stage_only)
+    for argv, want in ((["--paper"], demo.PAPER_OPTS), ([], []),
+                       (["--generator", "detector"], ["JOINDET.REFRESH.GENERATOR", "detector"])):
+        with pytest.raises(_Stop):
+            demo.main(argv)
+        assert calls[-1][0].endswith("mini/pretrain_synth.yaml") and calls[-1][1] == want
+    cfg = build_cfg(demo.PAPER_OPTS, config_file=calls[0][0])  # the keys exist, the values validate
+    assert (cfg.JOINDET.REFRESH.GENERATOR, cfg.JOINDET.SMOOTH.SOFT_NMS_SIGMA,
+            cfg.JOINDET.PRIORS.OBJECTNESS_TARGET) == ("ncut_encoder", 0.0, "one")
+    with pytest.raises(SystemExit):
+        demo.main(["--paper", "--generator", "rescore"])
+    assert "not both" in capsys.readouterr().err
