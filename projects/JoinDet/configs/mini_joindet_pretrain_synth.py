@@ -2,7 +2,8 @@
 # LazyConfig twin of configs/mini/pretrain_synth.yaml. The model is mini_deformable_detr_synth.py's with
 # JoinDet's heads: the frozen pretrained Lite0 backbone also gives the embedding targets (320-d pooled res5
 # of each prior's crop, as the paper's "same SwAV encoder"); version 0 comes from selective search; the
-# precedent boxes re-scored by the model being trained refresh it every 100 iterations;
+# precedent boxes re-scored by the model being trained refresh it every 100 iterations, merged with Soft-NMS
+# of the merged scores (sigma 0.5);
 # prior quality of every version is scored against synth_train's boxes. 300 iterations at batch 8,
 # constant lr.
 #
@@ -27,6 +28,7 @@ joindet.ncut.feature_level = 1  # stride-16 level: 16 x 16 patches at 256 px
 joindet.ncut.backbone_feature = "res4"  # ncut_backbone version 0: the frozen Lite0's stride-16 features
 joindet.ncut.batch_size = 8
 joindet.refresh.generator = "rescore"  # measured best here (README); "ncut_encoder" is the paper's
+joindet.smooth.soft_nms_sigma = 0.5  # not the paper's (0.0): duplicates of a higher-scored prior rank lower
 joindet.update_period_iters = 100
 
 train.max_iter = 300
