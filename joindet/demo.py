@@ -84,7 +84,11 @@ def main(argv=None):
 
     start = time.perf_counter()
     pretrain_dir = out / "pretrain"
-    generator_opts = PAPER_OPTS if args.paper else ["JOINDET.REFRESH.GENERATOR", args.generator] if args.generator else []
+    generator_opts = []
+    if args.paper:
+        generator_opts = PAPER_OPTS
+    elif args.generator:
+        generator_opts = ["JOINDET.REFRESH.GENERATOR", args.generator]
     _run(_config("mini/pretrain_synth.yaml", args.config_dir), generator_opts + args.pretrain_opts, pretrain_dir)
     timings["pretrain_s"] = time.perf_counter() - start
     table, rows = _prior_quality(pretrain_dir / "prior_bank")

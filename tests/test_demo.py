@@ -27,7 +27,7 @@ def test_prior_quality_reads_the_hooks_file(tmp_path):
 
 
 class _Stop(Exception):
-    pass
+    """Raised by the patched ``_run`` to end the demo after the arguments of its first stage are recorded."""
 
 
 def test_paper_flag_runs_the_papers_refresh(monkeypatch, capsys):

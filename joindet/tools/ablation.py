@@ -532,9 +532,11 @@ def _run_rows(column: str, rows: Sequence[_Row], seeds: Sequence[int], out_dir, 
     if dry_run:
         return None
 
-    labels = [row.label for row in rows if any(r["value"] == row.label for r in results)]
-    if not labels:
-        raise ValueError(f"no finished run in {out} to tabulate (run without --table-only first)")
+    labels = [row.label for row in rows]
+    if table_only:  # only the rows with a finished run (a full run has one for every row: summarize checks)
+        labels = [label for label in labels if any(r["value"] == label for r in results)]
+        if not labels:
+            raise ValueError(f"no finished run in {out} to tabulate (run without --table-only first)")
     summary = summarize(results, column, labels, metric=metric)
     summary["seeds"] = list(seeds)
     if table_only:
