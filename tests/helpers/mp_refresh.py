@@ -72,6 +72,9 @@ def worker(out_dir, fail_rank):
     })
     if comm.is_main_process():
         (Path(out_dir) / "ranks.json").write_text(json.dumps(ranks))
+    from joindet.engine.launcher import _close_process_group
+
+    _close_process_group()  # as train_net.py does: a gloo group torn down at interpreter exit can SIGABRT a rank
 
 
 if __name__ == "__main__":
