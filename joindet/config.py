@@ -258,6 +258,10 @@ def add_joindet_config(cfg):
     _C.JOINDET.REFRESH = CN()
     _C.JOINDET.REFRESH.GENERATOR = "ncut_encoder"  # refresh: ncut_encoder (the paper), detector, detector_ncut, rescore, rescore_online
     _C.JOINDET.REFRESH.NMS_THRESH = 0.7  # detector generators: NMS over an image's detections before the top K
+    # rescore generators: a prior's score from the model's queries (joindet/priors/rescore.py):
+    # objectness_x_iou (max over queries of objectness x IoU) or matched_objectness (objectness of the query
+    # that overlaps the prior most)
+    _C.JOINDET.REFRESH.RESCORE_QUALITY = "objectness_x_iou"
     _C.JOINDET.UPDATE_PERIOD = 10.0  # epochs between prior refreshes (a float); 0.0 = fixed priors (DETReg-like)
     _C.JOINDET.UPDATE_PERIOD_ITERS = 0  # > 0: refresh every this many iterations instead (tests, demos)
     _C.JOINDET.LSJ = CN()
@@ -363,6 +367,7 @@ CONFIG_RULES = {
     "JOINDET.SMOOTH.SOFT_NMS_SIGMA": Number(ge=0),
     "JOINDET.REFRESH.GENERATOR": Registered("joindet.priors.refresh", "REFRESH_GENERATOR_REGISTRY", "refresh generator"),
     "JOINDET.REFRESH.NMS_THRESH": Number(gt=0, le=1),
+    "JOINDET.REFRESH.RESCORE_QUALITY": OneOf("objectness_x_iou", "matched_objectness"),
     "JOINDET.UPDATE_PERIOD": Number(ge=0),  # 0 = never
     "JOINDET.UPDATE_PERIOD_ITERS": Integer(ge=0),  # 0 = from UPDATE_PERIOD (or fixed priors)
     "JOINDET.LSJ.IMAGE_SIZE": Integer(ge=1),

@@ -55,14 +55,18 @@ def test_generator_scores_the_precedent_boxes_with_the_recorded_means():
     with pytest.raises(ValueError, match="inside a training run"):
         OnlineRescoreGenerator()(torch.nn.Module(), [{"image_id": 1}], previous)
     with pytest.raises(ValueError, match="needs a JoinDet model"):
-        OnlineRescoreGenerator.attach(torch.nn.Module())
+        OnlineRescoreGenerator().attach(torch.nn.Module())
+    with pytest.raises(ValueError, match="RESCORE_QUALITY: unknown rescore quality 'area'"):
+        OnlineObjectness("area")
 
 
-def test_recorded_quality_is_the_rescore_formula_on_the_steps_outputs(synthetic_cache, tmp_path):
+@pytest.mark.parametrize("quality", ["objectness_x_iou", "matched_objectness"])
+def test_recorded_quality_is_the_rescore_formula_on_the_steps_outputs(synthetic_cache, tmp_path, quality):
     from joindet.engine.pretrain import JoinDetTrainer
     from test_pretraining import _pretrain_cfg
 
-    cfg = _pretrain_cfg(tmp_path / "out", "SOLVER.MAX_ITER", "1", "JOINDET.REFRESH.GENERATOR", "rescore_online")
+    cfg = _pretrain_cfg(tmp_path / "out", "SOLVER.MAX_ITER", "1", "JOINDET.REFRESH.GENERATOR", "rescore_online",
+                        "JOINDET.REFRESH.RESCORE_QUALITY", quality)
     trainer = JoinDetTrainer(cfg)
     trainer.resume_or_load(resume=False)
     model = trainer.model
@@ -76,13 +80,17 @@ def test_recorded_quality_is_the_rescore_formula_on_the_steps_outputs(synthetic_
 
     model.record_objectness = capture
     trainer.train()
-    assert len(seen) == 1 and len(model.online_objectness) > 0
+    assert len(seen) == 1 and len(model.online_objectness) > 0 and model.online_objectness.quality == quality
     outputs, target_boxes, batch = seen[0]
     means = model.online_objectness.gathered(0)
     for i, (t, x) in enumerate(zip(target_boxes, batch)):
         prob = outputs["pred_logits"][i].sigmoid().amax(-1)
         pred = box_convert(outputs["pred_boxes"][i], "cxcywh", "xyxy")
-        expected = (box_iou(box_convert(t, "cxcywh", "xyxy"), pred) * prob[None]).amax(1)
+        iou = box_iou(box_convert(t, "cxcywh", "xyxy"), pred)
+        if quality == "objectness_x_iou":
+            expected = (iou * prob[None]).amax(1)
+        else:  # the objectness of the query overlapping the prior most
+            expected = torch.stack([prob[int(row.argmax())] if row.max() > 0 else prob.new_zeros(()) for row in iou])
         got = means[x["image_id"]]
         assert got.shape == (x["num_priors"],)
         index = x["instances"].gt_prior_index.numpy()

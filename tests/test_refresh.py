@@ -16,6 +16,7 @@ from joindet.engine.pretrain import JoinDetTrainer, bank_dir, prior_settings_fro
 from joindet.modeling import JoinDet
 from joindet.priors.bank import PriorBank
 from joindet.priors.refresh import REFRESH_GENERATOR_REGISTRY, box_mean_of_map, build_refresh_generator
+from joindet.priors.rescore import RESCORE_QUALITIES
 
 from conftest import TINY_DATA_OPTS, TINY_MODEL_OPTS, build_cfg
 from test_pretraining import DATASET, PRETRAIN_CONFIG, TINY_PRETRAIN_OPTS, _pretrain_cfg
@@ -108,6 +109,41 @@ def test_each_generator_gives_valid_priors_for_every_image(tiny_model_and_data, 
             iou = box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes)).fill_diagonal_(0)
             assert float(iou.max()) <= cfg.JOINDET.REFRESH.NMS_THRESH + 1e-6
             assert ((scores >= 0) & (scores <= 1)).all() and np.all(np.diff(scores) <= 1e-7)
+
+
+@pytest.mark.parametrize("quality", RESCORE_QUALITIES)
+def test_rescore_generator_scores_are_the_quality_of_the_models_predictions(tiny_model_and_data, quality):
+    cfg, model, dicts = tiny_model_and_data
+    settings = prior_settings_from_cfg(cfg)
+    settings["refresh"].update(generator="rescore", rescore_quality=quality)
+    mapper = DetrDatasetMapper(cfg, is_train=False)
+    generator = build_refresh_generator(settings, mapper)
+    assert generator.quality == quality
+    rng = np.random.default_rng(1)
+    precedent = {}
+    for d in dicts:
+        xy = rng.uniform(0, d["width"] / 2, (6, 2))
+        precedent[d["image_id"]] = (np.concatenate([xy, xy + rng.uniform(4, d["width"] / 2, (6, 2))], 1).astype(
+            np.float32), np.full(6, 0.5, np.float32))
+    out = generator(model, dicts, _Precedent(precedent))
+    with torch.no_grad():
+        preds = model.eval().objectness_predictions([mapper(d) for d in dicts])
+    for d, (boxes, objectness) in zip(dicts, preds):
+        got_boxes, got = out[d["image_id"]]
+        np.testing.assert_array_equal(got_boxes, precedent[d["image_id"]][0])
+        iou = torch.stack([torch.tensor([_iou(p, q) for q in boxes.tolist()]) for p in got_boxes.tolist()])
+        if quality == "objectness_x_iou":
+            expected = (iou * objectness[None]).amax(1)
+        else:
+            expected = torch.where(iou.amax(1) > 0, objectness[iou.argmax(1)], torch.zeros(len(iou)))
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def _iou(a, b):
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def test_detector_ncut_scores_are_the_detector_scores_reweighted(tiny_model_and_data):

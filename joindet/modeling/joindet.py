@@ -4,11 +4,12 @@ import copy
 
 import torch
 from torch.nn import functional as F
-from torchvision.ops import box_convert, box_iou
+from torchvision.ops import box_convert
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
+from ..priors.rescore import rescore_quality
 from .criterion import SetCriterion
 from .deformable_detr import DeformableDETR
 from .utils import MLP
@@ -156,8 +157,9 @@ class JoinDet(DeformableDETR):
 
     @torch.no_grad()
     def record_objectness(self, outputs, targets, batched_inputs):
-        """Add each image's view to ``online_objectness``: per prior, max over queries of objectness x IoU(query
-        box, prior) in the augmented image (what the ``rescore`` generator computes on the unaugmented one)."""
+        """Add each image's view to ``online_objectness``: per prior, its quality (``online_objectness.quality``,
+        :func:`joindet.priors.rescore.rescore_quality`) in the augmented image (what the ``rescore`` generator
+        computes on the unaugmented one)."""
         prob = outputs["pred_logits"].sigmoid().amax(-1)  # (N, Q)
         boxes = box_convert(outputs["pred_boxes"], "cxcywh", "xyxy")
         for i, (t, x) in enumerate(zip(targets, batched_inputs)):
@@ -166,7 +168,7 @@ class JoinDet(DeformableDETR):
                 raise ValueError(f"rescore_online records the objectness of each prior, and training input "
                                  f"{x.get('file_name')} lacks {missing} (JoinDetDatasetMapper adds them)")
             priors = box_convert(t["boxes"], "cxcywh", "xyxy")
-            quality = (box_iou(priors, boxes[i]) * prob[i][None]).amax(1) if len(priors) else prob.new_zeros(0)
+            quality = rescore_quality(priors, boxes[i], prob[i], self.online_objectness.quality)
             self.online_objectness.record(x["image_id"], x["prior_version"], x["num_priors"],
                                           x["instances"].gt_prior_index.numpy(), quality.float().cpu().numpy())
 

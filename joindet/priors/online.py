@@ -2,8 +2,8 @@
 
 A training step already computes, for every augmented image of the batch, the decoder's boxes and
 objectness; :class:`OnlineObjectness` keeps, per prior of the bank version the view was drawn from, the
-latest view's ``max over queries of objectness x IoU(query box, prior box)`` -- the score the ``rescore``
-generator computes with a forward pass of its own over the unaugmented images, from the latest model
+latest view's score of the prior (``JOINDET.REFRESH.RESCORE_QUALITY``, :mod:`joindet.priors.rescore`) -- the
+score the ``rescore`` generator computes with a forward pass of its own over the unaugmented images, from the latest model
 that saw the prior (a mean over the views since the last refresh would mix in the scores of a model up to a
 whole refresh period younger). The refresh then
 costs no forward pass (``joindet.priors.refresh.OnlineRescoreGenerator``).
@@ -17,6 +17,8 @@ import numpy as np
 
 from detectron2.utils import comm
 
+from .rescore import RESCORE_QUALITIES
+
 __all__ = ["OnlineObjectness"]
 
 
@@ -27,9 +29,15 @@ class OnlineObjectness:
     the positions in the image's bank entry of the priors the view kept (the augmentation may drop
     some), ``quality`` (k,) their scores, ``num_priors`` the length of the entry. A view of another
     version than the image's earlier views replaces them (its indices refer to another entry).
+    ``quality``: how the model scores a prior (one of :data:`joindet.priors.rescore.RESCORE_QUALITIES`;
+    the model reads it when it records a step).
     """
 
-    def __init__(self):
+    def __init__(self, quality="objectness_x_iou"):
+        if quality not in RESCORE_QUALITIES:
+            raise ValueError(f"JOINDET.REFRESH.RESCORE_QUALITY: unknown rescore quality {quality!r}; "
+                             f"choose one of {list(RESCORE_QUALITIES)}")
+        self.quality = quality
         self._views: Dict[int, tuple] = {}  # image_id -> (version, quality (n,) float32, NaN where no view yet)
 
     def __len__(self):

@@ -12,8 +12,9 @@ backbone) are version-0 sources, not refreshes.
 - ``detector``: the model's own class-agnostic detections (objectness-scored decoder boxes, NMS, top K).
 - ``detector_ncut``: those detections re-scored by the eigen attention map of the same forward pass:
   objectness x (1 + mean of M inside the box) / 2, with M scaled to [-1, 1] (foreground positive).
-- ``rescore``: the precedent boxes themselves, each scored by the model: max over queries of
-  objectness x IoU(query box, prior). Recall stays that of the precedent set; the ranking is the model's.
+- ``rescore``: the precedent boxes themselves, each scored by the model (``JOINDET.REFRESH.RESCORE_QUALITY``,
+  :mod:`joindet.priors.rescore`: max over queries of objectness x IoU(query box, prior), or the objectness
+  of the query that overlaps the prior most). Recall stays that of the precedent set; the ranking is the model's.
 - ``rescore_online``: the same score, taken from the training steps since the last refresh (each prior's
   latest augmented view, :mod:`joindet.priors.online`) instead of a forward pass of its own:
   the refresh costs no inference. A prior no view kept keeps its precedent score; an image no view showed
@@ -24,13 +25,14 @@ from typing import Dict, Tuple
 
 import numpy as np
 import torch
-from torchvision.ops import box_iou, nms
+from torchvision.ops import nms
 
 from detectron2.utils.registry import Registry
 
 from .generation import center_features, generate_ncut_priors, run_over_images
 from .ncut import eigen_attention_map
 from .online import OnlineObjectness
+from .rescore import rescore_quality
 from .sources import register_by_name
 
 __all__ = ["REFRESH_GENERATOR_REGISTRY", "build_refresh_generator", "box_mean_of_map"]
@@ -163,15 +165,16 @@ class DetectorNCutGenerator(DetectorGenerator):
 
 @_register("rescore")
 class RescoreGenerator:
-    """The precedent priors, each re-scored by the model: max over queries of objectness x IoU(query box,
-    prior). The boxes stay (so does recall); the Box Smooth Module then blends old and new scores."""
+    """The precedent priors, each re-scored by the model (``quality``: see :mod:`joindet.priors.rescore`).
+    The boxes stay (so does recall); the Box Smooth Module then blends old and new scores."""
 
-    def __init__(self, *, mapper, batch_size=4):
-        self.mapper, self.batch_size = mapper, batch_size
+    def __init__(self, *, mapper, batch_size=4, quality="objectness_x_iou"):
+        self.mapper, self.batch_size, self.quality = mapper, batch_size, quality
 
     @classmethod
     def from_settings(cls, settings, mapper):
-        return {"mapper": mapper, "batch_size": settings["ncut"]["batch_size"]}
+        return {"mapper": mapper, "batch_size": settings["ncut"]["batch_size"],
+                "quality": settings["refresh"]["rescore_quality"]}
 
     def __call__(self, model, dataset_dicts, previous=None) -> Priors:
         if previous is None:
@@ -180,12 +183,9 @@ class RescoreGenerator:
         def rescore(m, batch):
             out = []
             for (boxes, objectness), x in zip(m.objectness_predictions(batch), batch):
-                prior_boxes = torch.as_tensor(previous.get(x["image_id"])[0], dtype=boxes.dtype, device=boxes.device)
-                if prior_boxes.shape[0] == 0:
-                    out.append((prior_boxes.reshape(0, 4).cpu(), prior_boxes.new_zeros((0,)).cpu()))
-                    continue
-                quality = (box_iou(prior_boxes, boxes) * objectness[None]).amax(1)
-                out.append((prior_boxes.cpu(), quality.cpu()))
+                prior_boxes = torch.as_tensor(previous.get(x["image_id"])[0], dtype=boxes.dtype,
+                                              device=boxes.device).reshape(-1, 4)
+                out.append((prior_boxes.cpu(), rescore_quality(prior_boxes, boxes, objectness, self.quality).cpu()))
             return out
 
         return run_over_images(model, dataset_dicts, self.mapper, rescore, batch_size=self.batch_size,
@@ -196,16 +196,18 @@ class RescoreGenerator:
 class OnlineRescoreGenerator:
     """``rescore`` from the objectness recorded during training (see the module docstring)."""
 
+    def __init__(self, *, quality="objectness_x_iou"):
+        self.quality = quality
+
     @classmethod
     def from_settings(cls, settings, mapper):
-        return {}
+        return {"quality": settings["refresh"]["rescore_quality"]}
 
-    @staticmethod
-    def attach(model):
+    def attach(self, model):
         """Make ``model`` (a JoinDet) record its priors' objectness in every training step from now on."""
         if not hasattr(model, "online_objectness"):
             raise ValueError(f"the rescore_online refresh needs a JoinDet model, got {type(model).__name__}")
-        model.online_objectness = OnlineObjectness()
+        model.online_objectness = OnlineObjectness(self.quality)
 
     def __call__(self, model, dataset_dicts, previous=None) -> Priors:
         recorder = getattr(model, "online_objectness", None)
