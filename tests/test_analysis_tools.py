@@ -506,14 +506,14 @@ def test_comparison_rejects_bad_method_files(tmp_path, capsys, methods_yaml, exp
 def test_compare_methods_config_validates(tmp_path):
     # every merged config of the shipped comparison validates; the dry run launches nothing
     methods = ablation.load_methods("configs/mini/compare_methods.yaml")
-    names = ["no_pretraining", "random_crops", "detreg", "joindet_ncut_encoder", "joindet_best"]
+    names = ["no_pretraining", "random_crops", "detreg", "joindet_ncut_encoder", "joindet_best", "joindet_xiou_refreshed"]
     assert [m["name"] for m in methods] == names
     lines, runner = [], _method_runner()
     assert ablation.run_comparison("configs/mini/compare_methods.yaml", [0], FINETUNE_CONFIG, str(tmp_path / "cmp"),
                                    dry_run=True, runner=runner, log=lines.append) is None
     assert runner.calls == [] and not (tmp_path / "cmp").exists()
     assert len(lines) == 2 * len(names)  # the pretraining (or its absence) and the fine-tuning of each run
-    assert lines[0] == "[1/5] method=no_pretraining seed=0: no pretraining"
+    assert lines[0] == "[1/6] method=no_pretraining seed=0: no pretraining"
     assert NO_PRETRAIN_FINETUNE_CONFIG in lines[1] and "MODEL.WEIGHTS" not in lines[1]
     for i, name in enumerate(names[1:], 1):
         pretrain, finetune = lines[2 * i], lines[2 * i + 1]
@@ -521,8 +521,9 @@ def test_compare_methods_config_validates(tmp_path):
         weights = tmp_path / "cmp" / f"method_{name}" / "seed_0" / "pretrain" / "model_final.pth"
         assert f"{FINETUNE_CONFIG} MODEL.WEIGHTS {weights} SEED 0" in finetune
     assert "JOINDET.REFRESH.GENERATOR ncut_encoder SEED 0" in lines[6]
-    assert ("JOINDET.REFRESH.GENERATOR rescore JOINDET.SMOOTH.SOFT_NMS_SIGMA 0.5 "
-            "JOINDET.PRIORS.OBJECTNESS_TARGET refreshed_score SEED 0") in lines[8]
+    for line, quality in ((lines[8], "matched_objectness"), (lines[10], "objectness_x_iou")):
+        assert (f"JOINDET.REFRESH.GENERATOR rescore JOINDET.REFRESH.RESCORE_QUALITY {quality} "
+                "JOINDET.SMOOTH.SOFT_NMS_SIGMA 0.5 JOINDET.PRIORS.OBJECTNESS_TARGET refreshed_score SEED 0") in line
 
 
 # --------------------------------------------------------------------------- one real tiny run

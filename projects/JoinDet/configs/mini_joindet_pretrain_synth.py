@@ -28,6 +28,7 @@ joindet.ncut.feature_level = 1  # stride-16 level: 16 x 16 patches at 256 px
 joindet.ncut.backbone_feature = "res4"  # ncut_backbone version 0: the frozen Lite0's stride-16 features
 joindet.ncut.batch_size = 8
 joindet.refresh.generator = "rescore"  # measured best here (README); "ncut_encoder" is the paper's
+joindet.refresh.rescore_quality = "matched_objectness"  # not objectness x IoU (it favours large boxes)
 joindet.smooth.soft_nms_sigma = 0.5  # not the paper's (0.0): duplicates of a higher-scored prior rank lower
 joindet.update_period_iters = 100
 
