@@ -259,9 +259,9 @@ def add_joindet_config(cfg):
     _C.JOINDET.REFRESH.GENERATOR = "ncut_encoder"  # refresh: ncut_encoder (the paper), detector, detector_ncut, rescore, rescore_online
     _C.JOINDET.REFRESH.NMS_THRESH = 0.7  # detector generators: NMS over an image's detections before the top K
     # rescore generators: a prior's score from the model's queries (joindet/priors/rescore.py):
-    # objectness_x_iou (max over queries of objectness x IoU) or matched_objectness (objectness of the query
-    # that overlaps the prior most)
-    _C.JOINDET.REFRESH.RESCORE_QUALITY = "objectness_x_iou"
+    # matched_objectness (objectness of the query that overlaps the prior most; the one measured to beat
+    # version 0 on both mini domains) or objectness_x_iou (max over queries of objectness x IoU)
+    _C.JOINDET.REFRESH.RESCORE_QUALITY = "matched_objectness"
     _C.JOINDET.UPDATE_PERIOD = 10.0  # epochs between prior refreshes (a float); 0.0 = fixed priors (DETReg-like)
     _C.JOINDET.UPDATE_PERIOD_ITERS = 0  # > 0: refresh every this many iterations instead (tests, demos)
     _C.JOINDET.LSJ = CN()

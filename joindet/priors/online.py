@@ -33,7 +33,7 @@ class OnlineObjectness:
     the model reads it when it records a step).
     """
 
-    def __init__(self, quality="objectness_x_iou"):
+    def __init__(self, quality="matched_objectness"):
         if quality not in RESCORE_QUALITIES:
             raise ValueError(f"JOINDET.REFRESH.RESCORE_QUALITY: unknown rescore quality {quality!r}; "
                              f"choose one of {list(RESCORE_QUALITIES)}")

@@ -168,7 +168,7 @@ class RescoreGenerator:
     """The precedent priors, each re-scored by the model (``quality``: see :mod:`joindet.priors.rescore`).
     The boxes stay (so does recall); the Box Smooth Module then blends old and new scores."""
 
-    def __init__(self, *, mapper, batch_size=4, quality="objectness_x_iou"):
+    def __init__(self, *, mapper, batch_size=4, quality="matched_objectness"):
         self.mapper, self.batch_size, self.quality = mapper, batch_size, quality
 
     @classmethod
@@ -196,7 +196,7 @@ class RescoreGenerator:
 class OnlineRescoreGenerator:
     """``rescore`` from the objectness recorded during training (see the module docstring)."""
 
-    def __init__(self, *, quality="objectness_x_iou"):
+    def __init__(self, *, quality="matched_objectness"):
         self.quality = quality
 
     @classmethod

@@ -48,7 +48,7 @@ joindet = dict(
     refresh=dict(
         generator="ncut_encoder",  # refresh: ncut_encoder (the paper), detector, detector_ncut, rescore, rescore_online
         nms_thresh=0.7,  # detector generators: NMS over an image's detections before the top K
-        rescore_quality="objectness_x_iou",  # rescore generators: objectness_x_iou or matched_objectness
+        rescore_quality="matched_objectness",  # rescore generators: matched_objectness or objectness_x_iou
     ),
     update_period_iters=0,  # iterations between prior refreshes; 0 = fixed priors (DETReg-like)
     init_source_kwargs=dict(
