@@ -4,7 +4,10 @@ size bias of the IoU factor that ``matched_objectness`` removes, the refusal of 
 import pytest
 import torch
 
-from joindet.priors.rescore import RESCORE_QUALITIES, rescore_quality
+from detectron2.config import get_cfg
+
+from joindet.config import CONFIG_RULES, add_joindet_config
+from joindet.priors.rescore import DEFAULT_RESCORE_QUALITY, RESCORE_QUALITIES, rescore_quality
 
 from conftest import build_cfg
 from test_pretraining import PRETRAIN_CONFIG
@@ -53,3 +56,8 @@ def test_unknown_quality_is_refused_by_name():
         rescore_quality(PRIORS, QUERIES, OBJECTNESS, "iou")
     with pytest.raises(ValueError, match=r"JOINDET\.REFRESH\.RESCORE_QUALITY"):
         build_cfg(["JOINDET.REFRESH.RESCORE_QUALITY", "iou"], config_file=PRETRAIN_CONFIG, data_opts=False)
+
+
+def test_the_config_key_offers_the_qualities_of_the_module_with_its_default():
+    assert set(CONFIG_RULES["JOINDET.REFRESH.RESCORE_QUALITY"].options) == set(RESCORE_QUALITIES)
+    assert add_joindet_config(get_cfg()).JOINDET.REFRESH.RESCORE_QUALITY == DEFAULT_RESCORE_QUALITY

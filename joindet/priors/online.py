@@ -17,7 +17,7 @@ import numpy as np
 
 from detectron2.utils import comm
 
-from .rescore import RESCORE_QUALITIES
+from .rescore import DEFAULT_RESCORE_QUALITY, RESCORE_QUALITIES
 
 __all__ = ["OnlineObjectness"]
 
@@ -33,7 +33,7 @@ class OnlineObjectness:
     the model reads it when it records a step).
     """
 
-    def __init__(self, quality="matched_objectness"):
+    def __init__(self, quality=DEFAULT_RESCORE_QUALITY):
         if quality not in RESCORE_QUALITIES:
             raise ValueError(f"JOINDET.REFRESH.RESCORE_QUALITY: unknown rescore quality {quality!r}; "
                              f"choose one of {list(RESCORE_QUALITIES)}")

@@ -32,7 +32,7 @@ from detectron2.utils.registry import Registry
 from .generation import center_features, generate_ncut_priors, run_over_images
 from .ncut import eigen_attention_map
 from .online import OnlineObjectness
-from .rescore import rescore_quality
+from .rescore import DEFAULT_RESCORE_QUALITY, rescore_quality
 from .sources import register_by_name
 
 __all__ = ["REFRESH_GENERATOR_REGISTRY", "build_refresh_generator", "box_mean_of_map"]
@@ -168,7 +168,7 @@ class RescoreGenerator:
     """The precedent priors, each re-scored by the model (``quality``: see :mod:`joindet.priors.rescore`).
     The boxes stay (so does recall); the Box Smooth Module then blends old and new scores."""
 
-    def __init__(self, *, mapper, batch_size=4, quality="matched_objectness"):
+    def __init__(self, *, mapper, batch_size=4, quality=DEFAULT_RESCORE_QUALITY):
         self.mapper, self.batch_size, self.quality = mapper, batch_size, quality
 
     @classmethod
@@ -196,7 +196,7 @@ class RescoreGenerator:
 class OnlineRescoreGenerator:
     """``rescore`` from the objectness recorded during training (see the module docstring)."""
 
-    def __init__(self, *, quality="matched_objectness"):
+    def __init__(self, *, quality=DEFAULT_RESCORE_QUALITY):
         self.quality = quality
 
     @classmethod

@@ -6,15 +6,18 @@ during the training steps (``rescore_online``), chosen by ``JOINDET.REFRESH.RESC
 - ``objectness_x_iou``: max over queries of objectness x IoU(query box, prior). The IoU factor rewards the
   priors the model reproduces exactly, and a detector reproduces a large box more exactly than a small one:
   on the clutter domain (15 small objects per image) it ranks boxes around groups of objects first.
-- ``matched_objectness``: the objectness of the query whose box overlaps the prior most (0 when no query
-  box overlaps it): whether the model thinks there is an object *there*, not how well it repeats the box.
+- ``matched_objectness`` (the default): the objectness of the query whose box overlaps the prior most (0 when
+  no query box overlaps it): whether the model thinks there is an object *there*, not how well it repeats
+  the box. With it the last prior version beats version 0 on both mini domains (README, "Prior quality per
+  version"); with ``objectness_x_iou`` only on shapes.
 """
 import torch
 from torchvision.ops import box_iou
 
-__all__ = ["RESCORE_QUALITIES", "rescore_quality"]
+__all__ = ["DEFAULT_RESCORE_QUALITY", "RESCORE_QUALITIES", "rescore_quality"]
 
 RESCORE_QUALITIES = ("objectness_x_iou", "matched_objectness")
+DEFAULT_RESCORE_QUALITY = "matched_objectness"  # JOINDET.REFRESH.RESCORE_QUALITY's default (joindet/config.py)
 
 
 def rescore_quality(priors: torch.Tensor, pred_boxes: torch.Tensor, objectness: torch.Tensor,
