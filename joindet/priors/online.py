@@ -17,7 +17,7 @@ import numpy as np
 
 from detectron2.utils import comm
 
-from .rescore import DEFAULT_RESCORE_QUALITY, RESCORE_QUALITIES
+from .rescore import DEFAULT_RESCORE_QUALITY, check_rescore_quality
 
 __all__ = ["OnlineObjectness"]
 
@@ -34,10 +34,7 @@ class OnlineObjectness:
     """
 
     def __init__(self, quality=DEFAULT_RESCORE_QUALITY):
-        if quality not in RESCORE_QUALITIES:
-            raise ValueError(f"JOINDET.REFRESH.RESCORE_QUALITY: unknown rescore quality {quality!r}; "
-                             f"choose one of {list(RESCORE_QUALITIES)}")
-        self.quality = quality
+        self.quality = check_rescore_quality(quality)
         self._views: Dict[int, tuple] = {}  # image_id -> (version, quality (n,) float32, NaN where no view yet)
 
     def __len__(self):

@@ -14,10 +14,18 @@ during the training steps (``rescore_online``), chosen by ``JOINDET.REFRESH.RESC
 import torch
 from torchvision.ops import box_iou
 
-__all__ = ["DEFAULT_RESCORE_QUALITY", "RESCORE_QUALITIES", "rescore_quality"]
+__all__ = ["DEFAULT_RESCORE_QUALITY", "RESCORE_QUALITIES", "check_rescore_quality", "rescore_quality"]
 
 RESCORE_QUALITIES = ("objectness_x_iou", "matched_objectness")
 DEFAULT_RESCORE_QUALITY = "matched_objectness"  # JOINDET.REFRESH.RESCORE_QUALITY's default (joindet/config.py)
+
+
+def check_rescore_quality(quality: str) -> str:
+    """``quality`` if it is one of :data:`RESCORE_QUALITIES`, else ``ValueError`` naming the config key."""
+    if quality not in RESCORE_QUALITIES:
+        raise ValueError(f"JOINDET.REFRESH.RESCORE_QUALITY: unknown rescore quality {quality!r}; "
+                         f"choose one of {list(RESCORE_QUALITIES)}")
+    return quality
 
 
 def rescore_quality(priors: torch.Tensor, pred_boxes: torch.Tensor, objectness: torch.Tensor,
@@ -28,9 +36,7 @@ def rescore_quality(priors: torch.Tensor, pred_boxes: torch.Tensor, objectness: 
         quality: one of :data:`RESCORE_QUALITIES`.
     Returns (k,) scores in [0, 1], in the dtype of ``objectness``.
     """
-    if quality not in RESCORE_QUALITIES:
-        raise ValueError(f"JOINDET.REFRESH.RESCORE_QUALITY: unknown rescore quality {quality!r}; "
-                         f"choose one of {list(RESCORE_QUALITIES)}")
+    check_rescore_quality(quality)
     if priors.shape[0] == 0 or pred_boxes.shape[0] == 0:
         return objectness.new_zeros((priors.shape[0],))
     iou = box_iou(priors.to(pred_boxes.dtype), pred_boxes)  # (k, Q)
