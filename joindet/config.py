@@ -4,8 +4,9 @@
 it, declares once what each key may hold (type and range, or the registry its name must be in);
 ``validate_config(cfg)`` applies every rule and the checks that involve several keys at start-up;
 ``resolve_epochs(cfg, num_images)`` is the single place where epoch-based schedules become iteration
-counts (after all overrides are merged). The LazyConfig route checks its ``joindet`` section with the
-same rules (``check_config_value``, used by ``joindet.engine.lazy.check_joindet_section``).
+counts (after all overrides are merged). The components these keys configure (version-0 sources, refresh
+generators, ``BoxSmoothSettings``, ``PriorRefreshHook``) read them in their own ``from_config``; a LazyConfig
+builds the same components with ``L(...)`` and they check their own arguments.
 
 Unknown keys need no rule: yacs refuses them when a YAML file ("Non-existent config key", a KeyError)
 or a command line ("Non-existent key") is merged, and a value of another type than the default's
@@ -14,14 +15,13 @@ code assigns directly.
 """
 import functools
 import importlib
-import math
 import numbers
 import re
 from collections.abc import Sequence
 
 from detectron2.config import CfgNode as CN
 
-from .data.synthetic import GENERATED_SET_DEFAULTS as _GENERATED  # the defaults of DATASETS.SYNTHETIC / CLUTTER
+from .data.generated import GENERATED_SET_DEFAULTS as _GENERATED  # the defaults of DATASETS.SYNTHETIC / CLUTTER
 
 __all__ = [
     "add_joindet_config",
@@ -221,49 +221,59 @@ def add_joindet_config(cfg):
     _C.SOLVER.STEP_EPOCHS = ()  # with EPOCHS > 0: lr drops at these epochs (replace SOLVER.STEPS)
 
     # ---------------------------------------------------------------- JoinDet pretraining
+    # The prior settings' defaults are declared once, in joindet.priors.defaults (the components they configure
+    # take theirs from there too); imported here, not at the top: joindet.priors imports would be a cycle.
+    from .priors import defaults as D
+    from .priors.rescore import DEFAULT_RESCORE_QUALITY
+
     _C.JOINDET = CN()
     _C.JOINDET.EMBED_DIM = 2048  # object-embedding size = channels of the embedding encoder's res5 (R50: 2048)
     _C.JOINDET.EMBED_LOSS_WEIGHT = 1.0  # weight of the L1 object-embedding loss (matched pairs only)
     _C.JOINDET.EMBED_CROP_SIZE = 128  # priors are cropped from the image and resized to this square
     _C.JOINDET.EMBED_ENCODER = "backbone"  # "backbone": the frozen detector backbone; "frozen_copy": a frozen copy
+    # DropLoss (CutLER): no no-object term for an unmatched query whose box overlaps no prior at IoU above this
+    # (0 = off: every unmatched query is pushed to no-object, as in DETReg)
+    _C.JOINDET.DROP_LOSS_IOU = D.DROP_LOSS_IOU
     _C.JOINDET.PRIORS = CN()
     _C.JOINDET.PRIORS.BANK_DIR = ""  # prior bank folder; "" = OUTPUT_DIR/prior_bank
-    _C.JOINDET.PRIORS.INIT_SOURCE = "ncut_backbone"  # version 0: ncut_backbone, ncut_color, selective_search, random_crops
-    _C.JOINDET.PRIORS.TOPK = 30  # priors kept per image (K)
-    _C.JOINDET.PRIORS.TRAIN_TOPK = 0  # the highest-scored priors of an image that supervise the detector (0 = all K)
+    _C.JOINDET.PRIORS.INIT_SOURCE = "ncut_backbone"  # version 0: ncut_backbone, ncut_color, selective_search, random_crops;
+    # gt_boxes, ss_gt_filtered: diagnostic ceilings that read the labels of EVAL_DATASET
+    _C.JOINDET.PRIORS.TOPK = D.TOPK  # priors kept per image (K)
+    _C.JOINDET.PRIORS.TRAIN_TOPK = D.TRAIN_TOPK  # the highest-scored priors of an image that supervise the detector (0 = all K)
     # objectness target of the query matched to a prior: "one" (every prior is an object) or "refreshed_score"
     # (a prior of a refreshed version, >= 1: its score / the image's best score; version 0's priors: 1)
-    _C.JOINDET.PRIORS.OBJECTNESS_TARGET = "one"
-    _C.JOINDET.PRIORS.MIN_SIDE = 128  # selective search: shorter side the image is resized to (DETReg)
-    _C.JOINDET.PRIORS.NUM_WORKERS = 2  # processes computing selective-search priors
-    _C.JOINDET.PRIORS.SEED = 0  # random-crop priors: seed
+    _C.JOINDET.PRIORS.OBJECTNESS_TARGET = D.OBJECTNESS_TARGET
+    _C.JOINDET.PRIORS.MIN_SIDE = D.SELECTIVE_SEARCH_MIN_SIDE  # selective search: shorter side resized to (DETReg)
+    _C.JOINDET.PRIORS.NUM_WORKERS = D.SELECTIVE_SEARCH_NUM_WORKERS  # processes computing selective-search priors
+    _C.JOINDET.PRIORS.SEED = D.RANDOM_CROPS_SEED  # random-crop priors: seed
     _C.JOINDET.PRIORS.EVAL_DATASET = ""  # dataset with boxes to score each prior version against ("" = none)
     _C.JOINDET.NCUT = CN()
-    _C.JOINDET.NCUT.TAU = 0.2  # affinity threshold tau of Eq. 1 (cosine similarity)
-    _C.JOINDET.NCUT.EPS = 1e-5  # affinity below tau (keeps the graph connected)
-    _C.JOINDET.NCUT.CENTER = False  # subtract each image's mean feature before the cosine affinity
-    _C.JOINDET.NCUT.NUM_ROUNDS = 3  # NCut rounds per image, found patches masked out (MaskCut)
-    _C.JOINDET.NCUT.NMS_THRESH = 0.7  # NMS over an image's priors before the top K
-    _C.JOINDET.NCUT.FEATURE_LEVEL = -1  # encoder level whose patch features are cut (index into the levels)
-    _C.JOINDET.NCUT.BACKBONE_FEATURE = "res4"  # backbone feature cut by the ncut_backbone source
-    _C.JOINDET.NCUT.COLOR_PATCH = 8  # ncut_color source: patch size (pixels) of the mean colours
-    _C.JOINDET.NCUT.COLOR_TAU = 0.99  # ncut_color source: tau on RGB vectors (all close in angle)
-    _C.JOINDET.NCUT.SOLVER = "lanczos"  # eigen solver: lanczos (partial, float32 + float64 fallback) or dense (float64 eigh)
-    _C.JOINDET.NCUT.BATCH_SIZE = 4  # images per batch when generating priors
+    _C.JOINDET.NCUT.TAU = D.NCUT_TAU  # affinity threshold tau of Eq. 1 (cosine similarity)
+    _C.JOINDET.NCUT.EPS = D.NCUT_EPS  # affinity below tau (keeps the graph connected)
+    _C.JOINDET.NCUT.CENTER = D.NCUT_CENTER  # subtract each image's mean feature before the cosine affinity
+    _C.JOINDET.NCUT.NUM_ROUNDS = D.NCUT_NUM_ROUNDS  # NCut rounds per image, found patches masked out (MaskCut)
+    _C.JOINDET.NCUT.NMS_THRESH = D.NCUT_NMS_THRESHOLD  # NMS over an image's priors before the top K
+    _C.JOINDET.NCUT.FEATURE_LEVEL = D.NCUT_FEATURE_LEVEL  # encoder level cut by a refresh (index into the levels)
+    _C.JOINDET.NCUT.BACKBONE_FEATURE = D.NCUT_BACKBONE_FEATURE  # backbone feature cut by the ncut_backbone source
+    _C.JOINDET.NCUT.COLOR_PATCH = D.NCUT_COLOR_PATCH  # ncut_color source: patch size (pixels) of the mean colours
+    _C.JOINDET.NCUT.COLOR_TAU = D.NCUT_COLOR_TAU  # ncut_color source: tau on RGB vectors (all close in angle)
+    _C.JOINDET.NCUT.SOLVER = D.NCUT_SOLVER  # lanczos (partial, float32 + float64 fallback) or dense (float64 eigh)
+    _C.JOINDET.NCUT.BATCH_SIZE = D.NCUT_BATCH_SIZE  # images per batch of NCut priors (ncut_backbone, ncut_encoder)
     _C.JOINDET.SMOOTH = CN()
-    _C.JOINDET.SMOOTH.MOMENTUM = 0.45  # m_s: weight of the precedent priors in the Box Smooth Module
-    _C.JOINDET.SMOOTH.IOU_THRESHOLD = 0.48  # clustering IoU threshold of the Box Smooth Module
+    _C.JOINDET.SMOOTH.MOMENTUM = D.SMOOTH_MOMENTUM  # m_s: weight of the precedent priors in the Box Smooth Module
+    _C.JOINDET.SMOOTH.IOU_THRESHOLD = D.SMOOTH_IOU_THRESHOLD  # clustering IoU threshold of the Box Smooth Module
     # Gaussian Soft-NMS sigma of the merged scores of each image (boxes kept; 0 = none, the paper's module)
-    _C.JOINDET.SMOOTH.SOFT_NMS_SIGMA = 0.0
+    _C.JOINDET.SMOOTH.SOFT_NMS_SIGMA = D.SMOOTH_SOFT_NMS_SIGMA
     _C.JOINDET.REFRESH = CN()
     _C.JOINDET.REFRESH.GENERATOR = "ncut_encoder"  # refresh: ncut_encoder (the paper), detector, detector_ncut, rescore, rescore_online
-    _C.JOINDET.REFRESH.NMS_THRESH = 0.7  # detector generators: NMS over an image's detections before the top K
+    _C.JOINDET.REFRESH.NMS_THRESH = D.REFRESH_NMS_THRESHOLD  # detector refreshes: NMS of an image's detections, then top K
+    _C.JOINDET.REFRESH.BATCH_SIZE = D.REFRESH_BATCH_SIZE  # detector, detector_ncut, rescore: images per forward pass
     # rescore generators: a prior's score from the model's queries (joindet/priors/rescore.py):
     # matched_objectness (objectness of the query that overlaps the prior most; the one measured to beat
     # version 0 on both mini domains) or objectness_x_iou (max over queries of objectness x IoU)
-    _C.JOINDET.REFRESH.RESCORE_QUALITY = "matched_objectness"
+    _C.JOINDET.REFRESH.RESCORE_QUALITY = DEFAULT_RESCORE_QUALITY
     _C.JOINDET.UPDATE_PERIOD = 10.0  # epochs between prior refreshes (a float); 0.0 = fixed priors (DETReg-like)
-    _C.JOINDET.UPDATE_PERIOD_ITERS = 0  # > 0: refresh every this many iterations instead (tests, demos)
+    _C.JOINDET.UPDATE_PERIOD_ITERS = D.REFRESH_PERIOD  # > 0: refresh every this many iterations instead (tests, demos)
     _C.JOINDET.LSJ = CN()
     _C.JOINDET.LSJ.IMAGE_SIZE = 1024  # large-scale jitter output size (square crop, padded)
     _C.JOINDET.LSJ.MIN_SCALE = 0.1  # ResizeScale lower bound
@@ -342,6 +352,7 @@ CONFIG_RULES = {
     "JOINDET.EMBED_LOSS_WEIGHT": Number(ge=0),
     "JOINDET.EMBED_CROP_SIZE": Integer(ge=16),
     "JOINDET.EMBED_ENCODER": OneOf("backbone", "frozen_copy"),
+    "JOINDET.DROP_LOSS_IOU": Number(ge=0.0, lt=1.0),
     "JOINDET.PRIORS.BANK_DIR": Text(),
     "JOINDET.PRIORS.INIT_SOURCE": Registered("joindet.priors", "PRIOR_SOURCE_REGISTRY", "prior source"),
     "JOINDET.PRIORS.TOPK": Integer(ge=1),
@@ -367,6 +378,7 @@ CONFIG_RULES = {
     "JOINDET.SMOOTH.SOFT_NMS_SIGMA": Number(ge=0),
     "JOINDET.REFRESH.GENERATOR": Registered("joindet.priors.refresh", "REFRESH_GENERATOR_REGISTRY", "refresh generator"),
     "JOINDET.REFRESH.NMS_THRESH": Number(gt=0, le=1),
+    "JOINDET.REFRESH.BATCH_SIZE": Integer(ge=1),
     "JOINDET.REFRESH.RESCORE_QUALITY": OneOf("objectness_x_iou", "matched_objectness"),
     "JOINDET.UPDATE_PERIOD": Number(ge=0),  # 0 = never
     "JOINDET.UPDATE_PERIOD_ITERS": Integer(ge=0),  # 0 = from UPDATE_PERIOD (or fixed priors)
@@ -440,15 +452,16 @@ def resolve_epochs(cfg, num_images):
     ``SOLVER.STEPS`` = ``STEP_EPOCHS * that``; ``JOINDET.UPDATE_PERIOD`` (epochs) becomes
     ``JOINDET.UPDATE_PERIOD_ITERS`` unless that is set. E.g. COCO train2017 (117,266 images with boxes), batch 32:
     3,665 iterations per epoch, 50 epochs = 183,250 iterations, drop at epoch 40 = iteration 146,600.
-    Returns the number of iterations per epoch. ``cfg`` must be mutable (called during set-up).
+    Returns the number of iterations per epoch. ``cfg`` must be mutable (called during set-up). The arithmetic
+    is :func:`joindet.engine.common.iters_per_epoch` / ``epochs_to_iters``, which the LazyConfig route uses too.
     """
-    if num_images < 1:
-        raise ValueError(f"Cannot compute a schedule for a training set of {num_images} images")
-    iters_per_epoch = math.ceil(num_images / cfg.SOLVER.IMS_PER_BATCH)
+    from .engine.common import epochs_to_iters, iters_per_epoch as _iters_per_epoch  # (shared with LazyConfigs)
+
+    iters_per_epoch = _iters_per_epoch(num_images, cfg.SOLVER.IMS_PER_BATCH)
     if cfg.SOLVER.EPOCHS > 0:
-        cfg.SOLVER.MAX_ITER = max(1, int(round(cfg.SOLVER.EPOCHS * iters_per_epoch)))
+        cfg.SOLVER.MAX_ITER = epochs_to_iters(cfg.SOLVER.EPOCHS, iters_per_epoch)
         cfg.SOLVER.STEPS = tuple(int(round(e * iters_per_epoch)) for e in cfg.SOLVER.STEP_EPOCHS)
     if cfg.JOINDET.UPDATE_PERIOD_ITERS == 0 and cfg.JOINDET.UPDATE_PERIOD > 0:
         # prior refresh every UPDATE_PERIOD epochs (COCO, batch 32: 10 epochs = 36,650 iterations)
-        cfg.JOINDET.UPDATE_PERIOD_ITERS = max(1, int(round(cfg.JOINDET.UPDATE_PERIOD * iters_per_epoch)))
+        cfg.JOINDET.UPDATE_PERIOD_ITERS = epochs_to_iters(cfg.JOINDET.UPDATE_PERIOD, iters_per_epoch)
     return iters_per_epoch

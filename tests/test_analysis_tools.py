@@ -4,6 +4,10 @@ key's values and a comparison of methods (orchestration with a fake training run
 comparison's configs, plus one real tiny pretrain + fine-tune run through ``train_net.py``)."""
 import json
 import os
+import socket
+import subprocess
+import sys
+import threading
 
 import cv2
 import numpy as np
@@ -384,20 +388,21 @@ def test_comparison_runs_each_method_and_resumes(tmp_path, capsys):
     summary = ablation.main(_comparison_args(methods_file, out), runner=runner)
     # no_pretraining: 2 fine-tunings only; detreg and joindet_ncut: 2 x (pretrain + fine-tune) each
     assert len(runner.calls) == 10
-    no_pre, no_pre_1 = runner.calls[0], runner.calls[1]
+    # seed by seed: every method's seed-0 run, then every method's seed-1 run (a partial table is paired)
+    no_pre, no_pre_1 = runner.calls[0], runner.calls[5]
     run = out / "method_no_pretraining" / "seed_0"
     assert no_pre == ["--config-file", str(REPO_ROOT / NO_PRETRAIN_FINETUNE_CONFIG),
                       "SEED", "0", "OUTPUT_DIR", str(run / "finetune")]  # no MODEL.WEIGHTS: the config's own
     assert "MODEL.WEIGHTS" not in no_pre_1 and not (run / "pretrain").exists()
     assert not (run / "pretrain_done.json").exists()
-    detreg_pre, detreg_fine = runner.calls[2], runner.calls[3]
+    detreg_pre, detreg_fine = runner.calls[1], runner.calls[2]
     run = out / "method_detreg" / "seed_0"
     assert detreg_pre == ["--config-file", str(REPO_ROOT / DETREG_CONFIG),
                           "SEED", "0", "OUTPUT_DIR", str(run / "pretrain")]
     assert detreg_fine == ["--config-file", str(REPO_ROOT / FINETUNE_CONFIG),  # --finetune-config, the default
                            "MODEL.WEIGHTS", str(run / "pretrain" / "model_final.pth"),
                            "SEED", "0", "OUTPUT_DIR", str(run / "finetune")]
-    ncut_pre, ncut_fine = runner.calls[6], runner.calls[7]
+    ncut_pre, ncut_fine = runner.calls[3], runner.calls[4]
     run = out / "method_joindet_ncut" / "seed_0"
     assert ncut_pre == ["--config-file", str(REPO_ROOT / PRETRAIN_CONFIG),
                         "JOINDET.REFRESH.GENERATOR", "ncut_encoder", "JOINDET.SMOOTH.MOMENTUM", "0.2",
@@ -418,8 +423,14 @@ def test_comparison_runs_each_method_and_resumes(tmp_path, capsys):
     assert table["methods"][2]["finetune_opts"] == ["SOLVER.BASE_LR", "0.0001"]
     md = (out / "table.md").read_text().strip().splitlines()
     assert len(md) == 5 and md[0].split("|")[1].strip() == "method"
+    # paired with detreg (listed: the default reference) seed by seed: AP differences -2, -2 and +3, +3
+    assert md[0].split("|")[-2].strip() == "AP - detreg, paired [95% CI]"
     assert [c.strip() for c in md[2].split("|")[1:-1]] == ["no_pretraining", "1.5 ± 0.7", "21.5 ± 0.7", "0.8 ± 0.4",
-                                                          "2"]
+                                                          "2", "-2.0 [-2.0, -2.0] (n 2)"]
+    assert md[3].split("|")[-2].strip() == "-"  # detreg itself
+    assert table["reference"] == "detreg"
+    assert table["rows"][2]["paired_vs_detreg"] == {"mean": 3.0, "std": 0.0, "ci95_low": 3.0, "ci95_high": 3.0, "n": 2}
+    assert [r["name"] for r in table["rows"]] == ["no_pretraining", "detreg", "joindet_ncut"]
     assert cv2.imread(str(out / "plot.png")) is not None
     result = json.loads((out / "method_no_pretraining" / "seed_1" / "result.json").read_text())
     assert result["value"] == "no_pretraining" and result["pretrain_argv"] is None
@@ -503,27 +514,114 @@ def test_comparison_rejects_bad_method_files(tmp_path, capsys, methods_yaml, exp
     assert runner.calls == [] and not (tmp_path / "cmp").exists()
 
 
-def test_compare_methods_config_validates(tmp_path):
-    # every merged config of the shipped comparison validates; the dry run launches nothing
-    methods = ablation.load_methods("configs/mini/compare_methods.yaml")
-    names = ["no_pretraining", "random_crops", "detreg", "joindet_ncut_encoder", "joindet_best", "joindet_xiou_refreshed"]
-    assert [m["name"] for m in methods] == names
+@pytest.mark.parametrize("methods_file, finetune_config, dataset", [
+    ("configs/mini/compare_methods.yaml", FINETUNE_CONFIG, "SYNTHETIC"),
+    ("configs/mini/clutter/compare_methods.yaml", "configs/mini/clutter/finetune_clutter_10pct.yaml", "CLUTTER"),
+])
+def test_compare_methods_configs_validate(tmp_path, methods_file, finetune_config, dataset):
+    # every merged config of the shipped comparisons validates; the dry run launches nothing
+    methods = ablation.load_methods(methods_file)
+    names = [m["name"] for m in methods]
+    assert names[0] == "detreg" and {"joindet_ncut_encoder", "gt_boxes", "ss_gt_filtered", "no_pretraining"} <= set(names)
+    assert [m["name"] for m in methods if m.get("default")] == ["joindet_ncut_encoder"]
+    assert sorted(m["name"] for m in methods if m.get("uses_labels")) == ["gt_boxes", "ss_gt_filtered"]
     lines, runner = [], _method_runner()
-    assert ablation.run_comparison("configs/mini/compare_methods.yaml", [0], FINETUNE_CONFIG, str(tmp_path / "cmp"),
-                                   dry_run=True, runner=runner, log=lines.append) is None
+    assert ablation.run_comparison(methods_file, [0], finetune_config, str(tmp_path / "cmp"), dry_run=True,
+                                   finetune_opts=[f"DATASETS.{dataset}.NUM_VAL", "500"], runner=runner,
+                                   log=lines.append) is None
     assert runner.calls == [] and not (tmp_path / "cmp").exists()
     assert len(lines) == 2 * len(names)  # the pretraining (or its absence) and the fine-tuning of each run
-    assert lines[0] == "[1/6] method=no_pretraining seed=0: no pretraining"
-    assert NO_PRETRAIN_FINETUNE_CONFIG in lines[1] and "MODEL.WEIGHTS" not in lines[1]
-    for i, name in enumerate(names[1:], 1):
-        pretrain, finetune = lines[2 * i], lines[2 * i + 1]
-        assert f"method={name} seed=0: pretrain:" in pretrain
-        weights = tmp_path / "cmp" / f"method_{name}" / "seed_0" / "pretrain" / "model_final.pth"
-        assert f"{FINETUNE_CONFIG} MODEL.WEIGHTS {weights} SEED 0" in finetune
-    assert "JOINDET.REFRESH.GENERATOR ncut_encoder SEED 0" in lines[6]
-    for line, quality in ((lines[8], "matched_objectness"), (lines[10], "objectness_x_iou")):
-        assert (f"JOINDET.REFRESH.GENERATOR rescore JOINDET.REFRESH.RESCORE_QUALITY {quality} "
-                "JOINDET.SMOOTH.SOFT_NMS_SIGMA 0.5 JOINDET.PRIORS.OBJECTNESS_TARGET refreshed_score SEED 0") in line
+    by_name = {name: (lines[2 * i], lines[2 * i + 1]) for i, name in enumerate(names)}
+    for name, (pretrain, finetune) in by_name.items():
+        assert f"DATASETS.{dataset}.NUM_VAL 500" in finetune
+        if name != "no_pretraining":
+            weights = tmp_path / "cmp" / f"method_{name}" / "seed_0" / "pretrain" / "model_final.pth"
+            assert f"MODEL.WEIGHTS {weights} SEED 0" in finetune
+    assert "no pretraining" in by_name["no_pretraining"][0]
+    assert "JOINDET.REFRESH.GENERATOR ncut_encoder SEED 0" in by_name["joindet_ncut_encoder"][0]
+    assert "JOINDET.PRIORS.INIT_SOURCE gt_boxes" in by_name["gt_boxes"][0]
+
+
+def test_paired_difference_is_the_student_t_interval():
+    # differences 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.302653: half-width 4.302653 / sqrt(3)
+    stat = ablation.paired_difference([1.0, 2.0, 3.0])
+    assert stat["n"] == 3 and stat["mean"] == pytest.approx(2.0) and stat["std"] == pytest.approx(1.0)
+    half = 4.302652729749464 / np.sqrt(3)
+    assert stat["ci95_low"] == pytest.approx(2.0 - half) and stat["ci95_high"] == pytest.approx(2.0 + half)
+    # five pairs: t(0.975, 4) = 2.776445
+    diffs = [0.5, -0.2, 1.1, 0.9, 0.3]
+    stat = ablation.paired_difference(diffs)
+    half = 2.7764451051977987 * np.std(diffs, ddof=1) / np.sqrt(5)
+    assert stat["ci95_high"] - stat["mean"] == pytest.approx(half)
+    assert ablation.paired_difference([0.7]) == {"mean": 0.7, "std": None, "ci95_low": None, "ci95_high": None, "n": 1}
+    assert ablation.paired_difference([1.0, None])["mean"] is None  # a metric Detectron2 could not compute
+
+
+def test_summarize_pairs_only_the_seeds_both_rows_finished():
+    results = [{"value": v, "seed": s, "bbox": {"AP": a, "AP50": a, "AP75": a}}
+               for v, s, a in [("detreg", 0, 5.0), ("detreg", 1, 7.0), ("detreg", 2, 6.0),
+                               ("joindet", 0, 6.0), ("joindet", 2, 8.0), ("joindet", 3, 9.0)]]
+    summary = ablation.summarize(results, "method", ["detreg", "joindet"], reference="detreg")
+    paired = summary["rows"][1]["paired_vs_detreg"]
+    assert paired["n"] == 2 and paired["mean"] == pytest.approx(1.5)  # seeds 0 (+1) and 2 (+2); seed 3 unpaired
+    assert summary["rows"][0]["paired_vs_detreg"]["mean"] == 0.0
+    with pytest.raises(ValueError, match="no finished run for the reference method = ref"):
+        ablation.summarize(results, "method", ["detreg"], reference="ref")
+
+
+def test_comparison_only_jobs_flags_and_claims(tmp_path, capsys):
+    methods_file = tmp_path / "methods.yaml"
+    methods_file.write_text(METHODS_YAML.replace("  finetune_opts: [SOLVER.BASE_LR, 0.0001]\n",
+                                                 "  finetune_opts: [SOLVER.BASE_LR, 0.0001]\n  default: true\n"))
+    # --only: the named methods alone
+    runner = _method_runner()
+    summary = ablation.main([*_comparison_args(methods_file, tmp_path / "one"), "--only", "detreg"], runner=runner)
+    assert [r["name"] for r in summary["rows"]] == ["detreg"] and len(runner.calls) == 4
+    with pytest.raises(SystemExit):
+        ablation.main([*_comparison_args(methods_file, tmp_path / "one"), "--only", "dino"], runner=runner)
+    assert "--only ['dino']: not among the methods" in capsys.readouterr().err
+
+    # two jobs at a time give the table of one at a time; the default row is marked
+    serial = ablation.main(_comparison_args(methods_file, tmp_path / "serial"), runner=_method_runner())
+    parallel_runner = _method_runner()
+    parallel = ablation.main([*_comparison_args(methods_file, tmp_path / "par"), "--jobs", "2"],
+                             runner=parallel_runner)
+    assert len(parallel_runner.calls) == 10
+    strip = lambda t: {k: v for k, v in t.items() if k != "methods"}  # noqa: E731
+    assert strip(parallel)["rows"] == strip(serial)["rows"]
+    assert [r.get("default") for r in parallel["rows"]] == [False, False, True]
+    assert "joindet_ncut (default)" in (tmp_path / "par" / "table.md").read_text()
+    assert not list((tmp_path / "par").rglob(".claim"))  # every claim released
+
+    # a run claimed by a live process of this host is waited for, not trained twice; a dead one's claim is taken
+    out = tmp_path / "claimed"
+    run = out / "method_detreg" / "seed_0"
+    run.mkdir(parents=True)
+    (run / ".claim").write_text(f"{socket.gethostname()} {os.getppid()}")
+    finished = json.loads((tmp_path / "serial" / "method_detreg" / "seed_0" / "result.json").read_text())
+    timer = threading.Timer(0.3, lambda: (run / "result.json").write_text(json.dumps(finished)))
+    timer.start()
+    lines, runner = [], _method_runner()
+    summary = ablation.run_comparison(str(methods_file), [0], FINETUNE_CONFIG, str(out), only=["detreg"],
+                                      runner=runner, log=lines.append, poll_s=0.05)
+    timer.join()
+    assert runner.calls == [] and summary["rows"][0]["per_seed"]["AP"] == [3.0]
+    assert any("another process is running it" in line for line in lines)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / "result.json").unlink()
+    (run / ".claim").write_text(f"{socket.gethostname()} {dead.pid}")
+    runner = _method_runner()
+    ablation.main([*_comparison_args(methods_file, out, seeds=("0",)), "--only", "detreg"], runner=runner)
+    assert len(runner.calls) == 2 and not (run / ".claim").exists()
+
+    # flags are booleans, and a method that reads the labels cannot be the default
+    for bad, message in (("  default: yes please\n", "default must be true or false"),
+                         ("  default: true\n  uses_labels: true\n", "reads the labels (uses_labels)")):
+        methods_file.write_text(f"- name: a\n  pretrain_config: {DETREG_CONFIG}\n{bad}")
+        with pytest.raises(SystemExit):
+            ablation.main(_comparison_args(methods_file, tmp_path / "bad"), runner=runner)
+        assert message in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- one real tiny run
@@ -533,6 +631,7 @@ TINY_PRETRAIN_OPTS = [
     "JOINDET.LSJ.IMAGE_SIZE", str(TINY_IMAGE_SIZE), "JOINDET.EMBED_CROP_SIZE", "32",
     "JOINDET.PRIORS.INIT_SOURCE", "random_crops", "JOINDET.PRIORS.NUM_WORKERS", "0", "JOINDET.PRIORS.TOPK", "10",
     "JOINDET.PRIORS.EVAL_DATASET", "", "JOINDET.NCUT.FEATURE_LEVEL", "0", "JOINDET.NCUT.BATCH_SIZE", "4",
+    "JOINDET.REFRESH.BATCH_SIZE", "4",
     "MODEL.DEFORMABLE_DETR.ENC_LAYERS", "1", "MODEL.DEFORMABLE_DETR.DEC_LAYERS", "1",
 ]
 TINY_FINETUNE_OPTS = [

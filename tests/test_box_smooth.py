@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from joindet.priors.box_smooth import mean_best_iou, smooth_priors, smooth_priors_batched
+from joindet.priors.box_smooth import BoxSmoothSettings, mean_best_iou, smooth_priors, smooth_priors_batched
 
 SQUARE = np.array([0.0, 0.0, 10.0, 10.0], dtype=np.float32)
 
@@ -73,7 +73,7 @@ def test_momentum_zero_returns_current_priors():
     new_b = disjoint_boxes(5)
     new_s = np.float32([0.3, 0.9, 0.5, 0.7, 0.1])
     old_b, old_s = random_priors(rng, 8)
-    boxes, scores = smooth_priors(old_b, old_s, new_b, new_s, momentum=0.0)
+    boxes, scores = smooth_priors(old_b, old_s, new_b, new_s, BoxSmoothSettings(momentum=0.0))
     order = np.argsort(-new_s)
     assert boxes.dtype == np.float32 and scores.dtype == np.float32
     np.testing.assert_array_equal(boxes, new_b[order])
@@ -85,7 +85,7 @@ def test_momentum_one_returns_precedent_priors():
     old_b = disjoint_boxes(4, offset=3.0)
     old_s = np.float32([0.2, 0.8, 0.6, 0.4])
     new_b, new_s = random_priors(rng, 8)
-    boxes, scores = smooth_priors(old_b, old_s, new_b, new_s, momentum=1.0)
+    boxes, scores = smooth_priors(old_b, old_s, new_b, new_s, BoxSmoothSettings(momentum=1.0))
     order = np.argsort(-old_s)
     np.testing.assert_array_equal(boxes, old_b[order])
     np.testing.assert_array_equal(scores, old_s[order])
@@ -95,7 +95,7 @@ def test_momentum_zero_keeps_overlapping_current_priors_apart():
     # Two current priors overlapping above the threshold are two priors: only precedent-current pairs cluster.
     a, b = SQUARE, shifted(1.0)  # IoU 9/11
     old_b, old_s = np.stack([shifted(40.0)]), np.float32([0.9])
-    boxes, scores = smooth_priors(old_b, old_s, np.stack([a, b]), np.float32([0.6, 0.2]), momentum=0.0)
+    boxes, scores = smooth_priors(old_b, old_s, np.stack([a, b]), np.float32([0.6, 0.2]), BoxSmoothSettings(momentum=0.0))
     np.testing.assert_array_equal(boxes, np.stack([a, b]))
     np.testing.assert_array_equal(scores, np.float32([0.6, 0.2]))
 
@@ -108,11 +108,11 @@ def test_overlaps_within_one_set_survive():
     old_s = np.float32([0.8, 0.7])
     far_b = np.stack([shifted(50.0), shifted(51.0)])
     new_s = np.float32([0.6, 0.5])
-    boxes, scores = smooth_priors(old_b, old_s, far_b, new_s, momentum=m)
+    boxes, scores = smooth_priors(old_b, old_s, far_b, new_s, BoxSmoothSettings(momentum=m))
     assert boxes.shape == (4, 4)
     np.testing.assert_allclose(np.sort(scores), np.sort([m * 0.8, m * 0.7, (1 - m) * 0.6, (1 - m) * 0.5]), rtol=1e-6)
     near_b = np.stack([shifted(0.2), shifted(1.1)])  # best matches: SQUARE and shifted(1.0)
-    boxes, scores = smooth_priors(old_b, old_s, near_b, new_s, momentum=m)
+    boxes, scores = smooth_priors(old_b, old_s, near_b, new_s, BoxSmoothSettings(momentum=m))
     assert boxes.shape == (2, 4)
     np.testing.assert_allclose(scores, [m * 0.8 + (1 - m) * 0.6, m * 0.7 + (1 - m) * 0.5], rtol=1e-6)
 
@@ -123,9 +123,7 @@ def test_threshold_effect(dx, merged):
     iou = np_iou(SQUARE, shifted(dx))
     assert (iou > 0.48) == merged and abs(iou - 0.48) < 0.015  # just above / just below
     m, s_old, s_new = 0.45, 0.8, 0.6
-    boxes, scores = smooth_priors(
-        old_b, np.float32([s_old]), new_b, np.float32([s_new]), momentum=m
-    )
+    boxes, scores = smooth_priors(old_b, np.float32([s_old]), new_b, np.float32([s_new]), BoxSmoothSettings(momentum=m))
     if merged:
         assert boxes.shape == (1, 4)
         w_old, w_new = m * s_old, (1 - m) * s_new
@@ -142,8 +140,8 @@ def test_threshold_effect(dx, merged):
 def test_threshold_argument_changes_merging():
     old_b, new_b = SQUARE[None], shifted(3.4)[None]  # IoU ~0.4925
     one = np.float32([0.5])
-    assert smooth_priors(old_b, one, new_b, one, iou_threshold=0.45)[0].shape[0] == 1
-    assert smooth_priors(old_b, one, new_b, one, iou_threshold=0.50)[0].shape[0] == 2
+    assert smooth_priors(old_b, one, new_b, one, BoxSmoothSettings(iou_threshold=0.45))[0].shape[0] == 1
+    assert smooth_priors(old_b, one, new_b, one, BoxSmoothSettings(iou_threshold=0.50))[0].shape[0] == 2
 
 
 def test_cluster_score_averages_each_side():
@@ -153,7 +151,7 @@ def test_cluster_score_averages_each_side():
     new_b = np.stack([shifted(0.5), shifted(1.0)])
     old_s = np.float32([0.9])
     new_s = np.float32([0.5, 0.7])
-    boxes, scores = smooth_priors(old_b, old_s, new_b, new_s, momentum=m)
+    boxes, scores = smooth_priors(old_b, old_s, new_b, new_s, BoxSmoothSettings(momentum=m))
     assert boxes.shape == (1, 4)
     np.testing.assert_allclose(scores[0], m * 0.9 + (1 - m) * (0.5 + 0.7) / 2, rtol=1e-6)
     w = np.array([m * 0.9, (1 - m) * 0.5, (1 - m) * 0.7])
@@ -166,7 +164,7 @@ def test_current_box_joins_the_precedent_box_with_highest_iou():
     s1, s2, x = SQUARE, shifted(6.0), shifted(4.0)
     m = 0.5
     boxes, scores = smooth_priors(np.stack([s1, s2]), np.float32([0.9, 0.8]), x[None], np.float32([0.5]),
-                                  momentum=m, iou_threshold=0.3)
+                                  BoxSmoothSettings(momentum=m, iou_threshold=0.3))
     assert boxes.shape == (2, 4)
     np.testing.assert_allclose(boxes[0], (m * 0.8 * s2 + (1 - m) * 0.5 * x.astype(np.float64)) / (m * 1.3), rtol=1e-6)
     np.testing.assert_array_equal(boxes[1], s1)  # s1 alone, fading
@@ -179,7 +177,7 @@ def test_matches_loop_reference(seed, m, thr):
     old_b, old_s = random_priors(rng, 25)
     new_b, new_s = random_priors(rng, 30)
     boxes, scores = smooth_priors(
-        old_b, old_s, new_b, new_s, momentum=m, iou_threshold=thr, topk=100
+        old_b, old_s, new_b, new_s, BoxSmoothSettings(momentum=m, iou_threshold=thr, topk=100)
     )
     ref_b, ref_s = reference_smooth(old_b, old_s, new_b, new_s, m, thr, 100)
     assert boxes.shape == ref_b.shape
@@ -193,7 +191,7 @@ def test_matches_loop_reference(seed, m, thr):
 def test_topk():
     new_b = disjoint_boxes(10)
     new_s = np.linspace(0.1, 1.0, 10).astype(np.float32)
-    boxes, scores = smooth_priors(np.zeros((0, 4)), np.zeros(0), new_b, new_s, momentum=0.0, topk=3)
+    boxes, scores = smooth_priors(np.zeros((0, 4)), np.zeros(0), new_b, new_s, BoxSmoothSettings(momentum=0.0, topk=3))
     assert boxes.shape == (3, 4)
     np.testing.assert_array_equal(boxes, new_b[[9, 8, 7]])
     rng = np.random.default_rng(3)
@@ -207,9 +205,9 @@ def test_order_invariance():
     rng = np.random.default_rng(4)
     old_b, old_s = random_priors(rng, 20)
     new_b, new_s = random_priors(rng, 20)
-    b1, s1 = smooth_priors(old_b, old_s, new_b, new_s, topk=50)
+    b1, s1 = smooth_priors(old_b, old_s, new_b, new_s, BoxSmoothSettings(topk=50))
     po, pn = rng.permutation(20), rng.permutation(20)
-    b2, s2 = smooth_priors(old_b[po], old_s[po], new_b[pn], new_s[pn], topk=50)
+    b2, s2 = smooth_priors(old_b[po], old_s[po], new_b[pn], new_s[pn], BoxSmoothSettings(topk=50))
     np.testing.assert_allclose(sorted_rows(b1, s1), sorted_rows(b2, s2), rtol=1e-6, atol=1e-5)
 
 
@@ -220,11 +218,11 @@ def test_empty_inputs():
     empty_b, empty_s = np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
     order = np.argsort(-s)
 
-    boxes, scores = smooth_priors(empty_b, empty_s, b, s, momentum=m)
+    boxes, scores = smooth_priors(empty_b, empty_s, b, s, BoxSmoothSettings(momentum=m))
     np.testing.assert_array_equal(boxes, b[order])
     np.testing.assert_allclose(scores, (1 - m) * s[order], rtol=1e-6)
 
-    boxes, scores = smooth_priors(b, s, empty_b, empty_s, momentum=m)
+    boxes, scores = smooth_priors(b, s, empty_b, empty_s, BoxSmoothSettings(momentum=m))
     np.testing.assert_array_equal(boxes, b[order])
     np.testing.assert_allclose(scores, m * s[order], rtol=1e-6)
 
@@ -233,7 +231,7 @@ def test_empty_inputs():
     assert boxes.dtype == np.float32
 
     # m = 1 with no old priors: nothing takes part
-    boxes, scores = smooth_priors(empty_b, empty_s, b, s, momentum=1.0)
+    boxes, scores = smooth_priors(empty_b, empty_s, b, s, BoxSmoothSettings(momentum=1.0))
     assert boxes.shape == (0, 4)
 
 
@@ -250,7 +248,7 @@ def test_torch_in_torch_out():
 
 def test_zero_scores_take_no_part():
     boxes, scores = smooth_priors(
-        SQUARE[None], np.float32([0.0]), shifted(1.0)[None], np.float32([0.5]), momentum=0.5
+        SQUARE[None], np.float32([0.0]), shifted(1.0)[None], np.float32([0.5]), BoxSmoothSettings(momentum=0.5)
     )
     np.testing.assert_array_equal(boxes, shifted(1.0)[None])
     np.testing.assert_allclose(scores, [0.25])
@@ -270,7 +268,7 @@ def test_bad_hyperparameters(kwargs):
     b = disjoint_boxes(2)
     s = np.float32([0.5, 0.5])
     with pytest.raises(ValueError):
-        smooth_priors(b, s, b, s, **kwargs)
+        smooth_priors(b, s, b, s, BoxSmoothSettings(**kwargs))
 
 
 def test_bad_shapes():
@@ -303,7 +301,7 @@ def test_batched_equals_per_image_reference_with_empty_images():
     cat = lambda parts, i: torch.as_tensor(np.concatenate([p[i] for p in parts]), dtype=torch.float64)  # noqa: E731
     boxes, scores, counts = smooth_priors_batched(
         cat(olds, 0), cat(olds, 1), torch.tensor(counts_old), cat(news, 0), cat(news, 1), torch.tensor(counts_new),
-        momentum=0.45, iou_threshold=0.48, topk=20, chunk_images=2)  # blocks of 2 images: chunk borders too
+        BoxSmoothSettings(momentum=0.45, iou_threshold=0.48, topk=20), chunk_images=2)  # blocks of 2 images: chunk borders too
     starts = np.concatenate([[0], np.cumsum(counts.numpy())])
     for i, ((ob, os_), (nb, ns)) in enumerate(zip(olds, news)):
         ref_b, ref_s = reference_smooth(ob, os_, nb, ns, 0.45, 0.48, 20)
@@ -331,14 +329,15 @@ def test_version_arrays_chunked_equal_per_image_smoothing():
         return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
                 np.concatenate([[0], np.cumsum([len(p[0]) for p in parts])]))
 
-    results = [smooth_version_arrays(*flat(olds), *flat(news), topk=12, chunk_images=c) for c in (1, 2, 100)]
+    results = [smooth_version_arrays(*flat(olds), *flat(news), BoxSmoothSettings(topk=12), chunk_images=c)
+               for c in (1, 2, 100)]
     for boxes, scores, offsets in results[1:]:
         np.testing.assert_array_equal(boxes, results[0][0])
         np.testing.assert_array_equal(scores, results[0][1])
         np.testing.assert_array_equal(offsets, results[0][2])
     boxes, scores, offsets = results[0]
     for i, ((ob, os_), (nb, ns)) in enumerate(zip(olds, news)):
-        want_b, want_s = smooth_priors(ob, os_, nb, ns, topk=12)
+        want_b, want_s = smooth_priors(ob, os_, nb, ns, BoxSmoothSettings(topk=12))
         np.testing.assert_array_equal(boxes[offsets[i]:offsets[i + 1]], want_b)
         np.testing.assert_array_equal(scores[offsets[i]:offsets[i + 1]], want_s)
     with pytest.raises(ValueError, match="num_images"):
@@ -403,11 +402,11 @@ def test_smoothing_with_soft_nms_keeps_the_boxes_and_reranks_duplicates():
     old_b = np.stack([SQUARE, shifted(1.0), shifted(40.0)])
     old_s = np.float32([0.9, 0.85, 0.6])
     plain_b, plain_s = smooth_priors(old_b, old_s, old_b, old_s)
-    snms_b, snms_s = smooth_priors(old_b, old_s, old_b, old_s, soft_nms_sigma=0.5)
+    snms_b, snms_s = smooth_priors(old_b, old_s, old_b, old_s, BoxSmoothSettings(soft_nms_sigma=0.5))
     assert sorted_rows(plain_b, np.zeros(3)).tolist() == sorted_rows(snms_b, np.zeros(3)).tolist()  # same boxes
     np.testing.assert_array_equal(plain_b[1], shifted(1.0))  # without: the duplicate ranks second
     np.testing.assert_array_equal(snms_b[1], shifted(40.0))  # with: the other object does
     iou = np_iou(SQUARE, shifted(1.0))
     np.testing.assert_allclose(snms_s, [0.9, 0.6, 0.85 * np.exp(-iou ** 2 / 0.5)], rtol=1e-6)
     with pytest.raises(ValueError, match="soft_nms_sigma"):
-        smooth_priors(old_b, old_s, old_b, old_s, soft_nms_sigma=-1.0)
+        smooth_priors(old_b, old_s, old_b, old_s, BoxSmoothSettings(soft_nms_sigma=-1.0))

@@ -1,8 +1,10 @@
 """Start-up checks of JoinDet's config keys (``joindet.config``): every key has exactly one rule, each rule
 kind refuses wrong types and out-of-range values with a message naming the key, the value and what is
 allowed, the cross-key checks still apply, unknown or mistyped keys fail when merged (yacs), and the
-LazyConfig ``joindet`` section is checked with the same rules."""
+components a LazyConfig builds with ``L(...)`` refuse the same bad values when instantiated."""
 import functools
+import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ from detectron2.config import CfgNode, LazyConfig, get_cfg
 from detectron2.engine import default_argument_parser
 
 from joindet.config import CONFIG_RULES, add_joindet_config, check_config_value, validate_config
-from joindet.engine.lazy import _joindet_layout, check_joindet_section
+from joindet.engine.lazy import instantiate_with
 from joindet.priors import PRIOR_SOURCE_REGISTRY
 from joindet.priors.refresh import REFRESH_GENERATOR_REGISTRY
 
@@ -49,14 +51,6 @@ def test_every_joindet_key_has_a_rule_and_every_rule_a_key():
     assert "JOINDET.SMOOTH.MOMENTUM" in added and "MODEL.WEIGHTS_NON_STRICT" in added
     assert sorted(added - set(CONFIG_RULES)) == []  # a new key needs a rule in joindet.config.CONFIG_RULES
     assert sorted(set(CONFIG_RULES) - full) == []  # no rule for a key that does not exist
-
-
-def test_every_key_of_the_lazy_joindet_section_has_the_rule_of_its_yacs_twin():
-    layout = _joindet_layout()
-    keys = [g if subs is None else f"{g}.{k}" for g, subs in layout.items() if g != "init_source_kwargs"
-            for k in (subs or [None])]
-    assert "smooth.momentum" in keys and "update_period_iters" in keys
-    assert [k for k in keys if f"JOINDET.{k.upper()}" not in CONFIG_RULES] == []
 
 
 def test_the_defaults_pass():
@@ -169,21 +163,52 @@ def test_a_misspelt_or_mistyped_key_on_the_command_line_fails_at_merge(tmp_path)
     assert not (tmp_path / "output").exists()
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("priors.topk", "thirty", "joindet.priors.topk must be >= 1 (an integer), got 'thirty'"),
-    ("ncut.tau", 2.0, "joindet.ncut.tau must be in [-1, 1] (a number), got 2.0"),
-    ("ncut.center", "no", "joindet.ncut.center must be True or False, got 'no'"),
-    ("refresh.generator", "ncut", "joindet.refresh.generator: unknown refresh generator 'ncut'"),
+@pytest.mark.parametrize("path, value, message, yacs_key", [
+    ("smooth.momentum", 1.5, "momentum must be in [0, 1], got 1.5", "JOINDET.SMOOTH.MOMENTUM"),
+    ("smooth.iou_threshold", 1.0, "iou_threshold must be in (0, 1), got 1.0", "JOINDET.SMOOTH.IOU_THRESHOLD"),
+    ("smooth.soft_nms_sigma", -1.0, "soft_nms_sigma must be >= 0", "JOINDET.SMOOTH.SOFT_NMS_SIGMA"),
+    ("init_source.topk", 0, "topk must be an integer >= 1, got 0", "JOINDET.PRIORS.TOPK"),
+    ("period", -1, "the refresh period must be an integer >= 0", "JOINDET.UPDATE_PERIOD_ITERS"),
 ])
-def test_the_lazy_joindet_section_is_checked_with_the_same_rules(key, value, message):
+def test_the_lazy_prior_components_refuse_what_the_yacs_rules_refuse(path, value, message, yacs_key):
     cfg = LazyConfig.load(str(LAZY_PRETRAIN))
-    cfg.joindet.priors.eval_dataset = ""  # no dataset registered here
-    check_joindet_section(cfg)  # the shipped values pass
-    group, name = key.split(".")
-    cfg.joindet[group][name] = value
-    with pytest.raises(ValueError) as refused:
-        check_joindet_section(cfg)
-    assert message in str(refused.value)
-    with pytest.raises(ValueError) as refused_yacs:  # the yacs key's rule says the same
-        check_config_value(f"JOINDET.{key.upper()}", value, shown_as=f"joindet.{key}")
-    assert str(refused_yacs.value) == str(refused.value)
+    hook = cfg.prior_hook
+    hook.eval_dicts = None  # no dataset registered here
+    parts = {"active_priors": object(), "dataset_dicts": [], "dataset_name": "none"}
+    instantiate_with(hook, **parts)  # the shipped values pass
+    node, name = (hook, path) if "." not in path else (hook[path.split(".")[0]], path.split(".")[1])
+    node[name] = value
+    with pytest.raises(ValueError, match=re.escape(message)):
+        instantiate_with(hook, **parts)
+    with pytest.raises(ValueError):  # the yacs key's rule refuses it too
+        check_config_value(yacs_key, value)
+
+
+def _defaults(func):
+    return {k: p.default for k, p in inspect.signature(func).parameters.items() if p.default is not p.empty}
+
+
+def test_every_prior_component_defaults_to_the_yacs_defaults():
+    """A LazyConfig's ``L(Class)()`` and the yacs defaults build the same components: every argument that a
+    class's ``from_config`` reads from the default config equals the argument's default in the class."""
+    from joindet.engine.prior_hook import PriorRefreshHook
+    from joindet.priors.box_smooth import BoxSmoothSettings
+    from joindet.priors.generation import generate_ncut_priors
+    from joindet.priors.refresh import NCutEncoderGenerator
+
+    cfg = add_joindet_config(get_cfg())
+    classes = [cls for _, cls in PRIOR_SOURCE_REGISTRY] + [cls for _, cls in REFRESH_GENERATOR_REGISTRY]
+    checked = 0
+    for cls in [*classes, BoxSmoothSettings]:
+        args = cls.from_config(cfg) if cls is BoxSmoothSettings else cls.from_config(cfg, mapper=None)
+        defaults = _defaults(cls.__init__)
+        if cls is NCutEncoderGenerator:  # its NCut arguments go to generate_ncut_priors, whose defaults apply
+            defaults = {**_defaults(generate_ncut_priors), **defaults}
+        for name, value in args.items():
+            if name in defaults:
+                assert value == defaults[name], (cls.__name__, name)
+                checked += 1
+    assert checked >= 30
+    hook = PriorRefreshHook.from_config(cfg, active_priors=None, dataset_dicts=[], mapper=None)
+    assert hook["period"] == _defaults(PriorRefreshHook.__init__)["period"]
+    assert hook["smooth"] == _defaults(PriorRefreshHook.__init__)["smooth"] == BoxSmoothSettings()

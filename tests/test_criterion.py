@@ -11,6 +11,20 @@ from joindet.modeling.criterion import SetCriterion, build_weight_dict
 from joindet.modeling.matcher import HungarianMatcher
 
 ALPHA, GAMMA = 0.25, 2.0
+EPS32 = torch.finfo(torch.float32).eps
+
+# float32 focal loss against the float64 formula by hand: per term about ten float32 operations, the
+# transcendental ones (exp, log1p in the sigmoid and the BCE) within a few ulps in any SIMD kernel, and the
+# (1 - p_t) of a matched query carrying p's relative error times p / (1 - p) (<= 9 for these logits):
+# 64 ulps of the total, ~8e-6 relative, far below what a wrong alpha, gamma or normaliser changes.
+FOCAL_REL = 64 * EPS32
+
+
+def _sum_rtol(num_terms):
+    """Relative tolerance between two float32 sums of the same ``num_terms`` non-negative terms, taken in
+    other orders or by other kernels (a batch's SIMD body vs its scalar tail): every term within one ulp and
+    each partial sum rounded once, so within ``num_terms + 1`` ulps of the total."""
+    return (num_terms + 1) * EPS32
 
 
 class FixedMatcher(torch.nn.Module):
@@ -83,7 +97,7 @@ def test_focal_loss_by_hand():
         sum(_focal_by_hand(logits[q][c], onehot[q][c]) for q in range(3) for c in range(2)) / 2
     )  # 2 boxes
     got = crit(outputs, targets)["loss_ce"]
-    assert got.item() == pytest.approx(want, rel=1e-6)
+    assert got.item() == pytest.approx(want, rel=FOCAL_REL)
 
 
 def _soft_focal_by_hand(logit, target):
@@ -106,7 +120,7 @@ def test_quality_is_the_soft_target_of_the_matched_queries():
     crit = _criterion(1, FixedMatcher([([0, 2], [1, 0]), ([1, 3], [0, 1])]))
     want_targets = [[0.25, 0.0, 0.8, 0.0], [0.0, 1.0, 0.0, 1.0]]
     want = sum(_soft_focal_by_hand(logits[q][0], want_targets[b][q]) for b in range(2) for q in range(4)) / 4
-    assert crit(outputs, targets)["loss_ce"].item() == pytest.approx(want, rel=1e-6)
+    assert crit(outputs, targets)["loss_ce"].item() == pytest.approx(want, rel=FOCAL_REL)
     # quality 1 everywhere is the hard target
     ones = [dict(t, quality=torch.ones(2)) for t in targets]
     plain = [{k: v for k, v in t.items() if k != "quality"} for t in targets]
@@ -176,8 +190,9 @@ def test_duplicated_batch_leaves_losses_unchanged():
     crit = _criterion(3)
     once = crit(outputs, targets)
     twice = crit({k: torch.cat([v, v]) for k, v in outputs.items()}, targets + targets)
+    # other reduction lengths: the same value up to the rounding of sums of up to B * Q * C = 4 * 6 * 3 terms
     for k in once:
-        torch.testing.assert_close(twice[k], once[k])
+        torch.testing.assert_close(twice[k], once[k], rtol=_sum_rtol(4 * 6 * 3), atol=0)
     indices = crit.matcher(outputs, targets)
     raw = crit.get_loss("boxes", outputs, targets, indices, num_boxes=1.0)["loss_bbox"]
     torch.testing.assert_close(once["loss_bbox"], raw / 5)
@@ -280,3 +295,29 @@ def test_class_count_mismatch_is_an_error():
     outputs = {"pred_logits": torch.zeros(1, 2, 3), "pred_boxes": torch.full((1, 2, 4), 0.5)}
     with pytest.raises(ValueError, match="classes"):
         _criterion(2)(outputs, [{"labels": torch.tensor([0]), "boxes": torch.full((1, 4), 0.5)}])
+
+
+def test_drop_loss_leaves_out_the_no_object_terms_of_queries_off_every_prior():
+    from joindet.modeling.joindet import ObjectEmbeddingCriterion
+
+    # one image, one prior (cx, cy, w, h) = (0.3, 0.3, 0.2, 0.2); query 0 is matched to it, query 1 overlaps it at
+    # IoU 0.6 (same box shifted), query 2 at IoU 0.1 (a box around it), query 3 lies elsewhere (IoU 0)
+    prior = [0.3, 0.3, 0.2, 0.2]
+    boxes = [prior, [0.3 + 0.2 / 3 * 0.75, 0.3, 0.2, 0.2], [0.3, 0.3, 0.2 * math.sqrt(10), 0.2 * math.sqrt(10)],
+             [0.8, 0.8, 0.1, 0.1]]
+    logits = [[1.5], [-0.5], [0.3], [0.7]]
+    outputs = {"pred_logits": torch.tensor([logits]), "pred_boxes": torch.tensor([boxes]),
+               "pred_embed": torch.zeros(1, 4, 2)}
+    targets = [{"labels": torch.tensor([0]), "boxes": torch.tensor([prior]), "embeddings": torch.zeros(1, 2)}]
+    terms = [_focal_by_hand(logits[0][0], 1.0)] + [_focal_by_hand(logits[q][0], 0.0) for q in (1, 2, 3)]
+
+    def loss(drop):
+        crit = ObjectEmbeddingCriterion(1, FixedMatcher([([0], [0])]), build_weight_dict(2, 5, 2, 0, False),
+                                        focal_alpha=ALPHA, focal_gamma=GAMMA, drop_loss_iou=drop)
+        return crit(outputs, targets)["loss_ce"].item()
+
+    assert loss(0.0) == pytest.approx(sum(terms), rel=FOCAL_REL)  # off: every unmatched query is no-object
+    assert loss(0.01) == pytest.approx(sum(terms[:3]), rel=FOCAL_REL)  # CutLER's 0.01: query 3 dropped
+    assert loss(0.3) == pytest.approx(sum(terms[:2]), rel=FOCAL_REL)  # the matched query always stays
+    with pytest.raises(ValueError, match="drop_loss_iou must be in"):
+        ObjectEmbeddingCriterion(1, HungarianMatcher(), {}, drop_loss_iou=1.0)

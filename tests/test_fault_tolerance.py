@@ -1,4 +1,4 @@
-"""Crash and resume (issue 10): a tiny pretraining killed with SIGKILL mid-iteration, during a prior
+"""Crash and resume: a tiny pretraining killed with SIGKILL mid-iteration, during a prior
 refresh and during a bank write, then stopped by SIGTERM, resumed each time with ``--resume``, ends with
 the same weights and the same prior bank as an uninterrupted run of the same seed; no partially written
 version is ever read. And a write that fails with ENOSPC names the path and leaves the previous file or

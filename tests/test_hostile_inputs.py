@@ -22,7 +22,8 @@ from joindet.data.mapper import DetrDatasetMapper
 from joindet.data.pretrain_mapper import JoinDetDatasetMapper, ResizeScaleKeepingPixels, build_lsj_augmentation
 from joindet.priors.active import ActivePriors
 from joindet.priors.ncut_source import NCutBackboneSource, NCutColorSource
-from joindet.priors.sources import RandomCropSource, SelectiveSearchSource
+from joindet.priors.random_crops import RandomCropSource
+from joindet.priors.selective_search import SelectiveSearchSource
 
 from conftest import TINY_IMAGE_SIZE, build_cfg
 

@@ -1,12 +1,14 @@
 """JoinDet pretraining and fine-tuning through the LazyConfig route against their yacs twins.
 
 The ``.py`` configs must build the same models (parameter names, shapes, frozen parameters), mappers,
-prior settings, version-0 sources and schedules as the ``.yaml`` ones; ``train_net.py`` pretrains with
+prior components (version-0 source, refresh generator, Box Smooth settings, period) and schedules as the
+``.yaml`` ones; ``train_net.py`` pretrains with
 a ``.py`` config (prior bank versions 0..2, the version in use checkpointed, the embedding encoder
 synced with the loaded backbone on a fresh run only), resumes with the checkpointed version, and the
 mini 10% fine-tuning config starts from that checkpoint (pretraining heads dropped) and prints COCO AP.
 """
 import argparse
+import inspect
 import json
 import math
 import os
@@ -15,9 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import hooks
 from detectron2.modeling import build_model
@@ -28,20 +29,24 @@ from joindet.config import resolve_epochs
 from joindet.data.mapper import DetrDatasetMapper
 from joindet.data.pretrain_mapper import JoinDetDatasetMapper
 from joindet.engine.lazy import (
-    build_lazy_prior_source,
     check_aux_loss_weights,
-    check_joindet_section,
+    check_pretraining_config,
     do_train,
     instantiate_with,
     lazy_main,
     register_lazy_datasets,
 )
 from joindet.engine.optimizer import build_optimizer
-from joindet.engine.pretrain import insert_prior_hook, prior_settings_from_cfg
+from joindet.engine.common import insert_prior_hook
+from joindet.engine.pretrain import bank_dir
 from joindet.modeling.joindet import JoinDet
 from joindet.priors.active import ActivePriors
 from joindet.priors.bank import PriorBank
-from joindet.priors.sources import PRIOR_SOURCE_REGISTRY
+from joindet.priors.box_smooth import BoxSmoothSettings
+from joindet.priors.generation import generate_ncut_priors
+from joindet.priors.random_crops import RandomCropSource
+from joindet.priors.refresh import build_refresh_generator
+from joindet.priors.sources import build_prior_source_from_cfg
 
 from test_lazy_config import (
     CSV_HEADER,
@@ -62,6 +67,7 @@ HOOK_KEY = "PriorRefreshHook"  # TrainerBase.state_dict keys hook states by the 
 # (lazy config, yaml twin, images per epoch of the training set as the yacs launcher counts them).
 PRETRAIN_PAIRS = {
     "mini": ("mini_joindet_pretrain_synth.py", "mini/pretrain_synth.yaml", 400),
+    "mini_clutter": ("mini_joindet_pretrain_clutter.py", "mini/clutter/pretrain_clutter.yaml", 400),
     "r50_coco": ("joindet_pretrain_r50_coco.py", "pretrain.yaml", 118287),
 }
 FINETUNE_PAIRS = {
@@ -105,11 +111,13 @@ PRETRAIN_TINY = [
     "model.num_detections=10",
     "dataloader.train.mapper.augmentations.image_size=64",
     "dataloader.train.mapper.crop_size=32",
-    "joindet.priors.init_source=random_crops",
-    "joindet.priors.topk=10",
-    "joindet.ncut.feature_level=0",
-    "joindet.ncut.batch_size=4",
-    "joindet.update_period_iters=2",
+    "prior_hook.init_source._target_=joindet.priors.random_crops.RandomCropSource",
+    "prior_hook.init_source.topk=10",
+    "prior_hook.smooth.topk=10",
+    "prior_hook.generator.topk=10",
+    "prior_hook.generator.feature_level=0",
+    "prior_hook.generator.batch_size=4",
+    "prior_hook.period=2",
     "train.max_iter=5",
 ]
 FINETUNE_TINY = [
@@ -203,35 +211,45 @@ def test_pretraining_config_matches_yaml(setting, tmp_path):
         schedule = (ycfg.SOLVER.MAX_ITER, tuple(ycfg.SOLVER.STEPS), ycfg.JOINDET.UPDATE_PERIOD_ITERS)
         assert schedule == (184850, (147880,), 36970)  # 3,697 iterations per epoch
 
-    # Prior settings one to one, and every version-0 source built with the same arguments.
-    section = OmegaConf.to_container(lcfg.joindet, resolve=True)
-    sources = section.pop("init_source_kwargs")
-    assert section == prior_settings_from_cfg(ycfg)
+    # The prior components: the same classes with the same arguments as the yacs route's from_config builds.
     assert lcfg.train.init_checkpoint == ycfg.MODEL.WEIGHTS
-    assert set(sources) == {name for name, _ in PRIOR_SOURCE_REGISTRY}
-    for name, cls in PRIOR_SOURCE_REGISTRY:
-        expected = cls.from_config(ycfg, mapper=prior_mapper)
-        assert {**sources[name], **({"mapper": prior_mapper} if "mapper" in expected else {})} == expected, name
-    source = build_lazy_prior_source(lcfg.joindet, prior_mapper)
-    assert type(source) is PRIOR_SOURCE_REGISTRY.get(ycfg.JOINDET.PRIORS.INIT_SOURCE)
-    yacs_source = PRIOR_SOURCE_REGISTRY.get(ycfg.JOINDET.PRIORS.INIT_SOURCE)(
-        **PRIOR_SOURCE_REGISTRY.get(ycfg.JOINDET.PRIORS.INIT_SOURCE).from_config(ycfg, prior_mapper))
+    assert str(instantiate(lcfg.active_priors).bank.root) == bank_dir(ycfg)
+    assert lmodel.objectness_target == ycfg.JOINDET.PRIORS.OBJECTNESS_TARGET
+    assert lmapper.train_topk == ycfg.JOINDET.PRIORS.TRAIN_TOPK == ymapper.train_topk
+    hook = lcfg.prior_hook
+    source = instantiate(hook.init_source)
+    yacs_source = build_prior_source_from_cfg(ycfg, prior_mapper)
+    assert type(source) is type(yacs_source)
     assert source.cache_key() == yacs_source.cache_key()  # a bank's version 0 serves both routes
+    generator, yacs_generator = instantiate(hook.generator), build_refresh_generator(ycfg, prior_mapper)
+    assert type(generator) is type(yacs_generator)
+    assert mapper_signature(generator.mapper) == mapper_signature(yacs_generator.mapper)
+    settings = {k: v for k, v in vars(generator).items() if k != "mapper"}
+    yacs_settings = {k: v for k, v in vars(yacs_generator).items() if k != "mapper"}
+    # the yacs route passes every NCut setting; a LazyConfig those it changes, generate_ncut_priors has the rest
+    ncut = yacs_settings.pop("ncut")
+    defaults = {k: p.default for k, p in inspect.signature(generate_ncut_priors).parameters.items() if k in ncut}
+    assert {**defaults, **settings.pop("ncut")} == ncut and settings == yacs_settings
+    assert instantiate(hook.smooth) == BoxSmoothSettings(ycfg)
+    assert hook.period == ycfg.JOINDET.UPDATE_PERIOD_ITERS
+    eval_names = hook.eval_dicts.names if hook.get("eval_dicts") is not None else ""
+    assert eval_names == ycfg.JOINDET.PRIORS.EVAL_DATASET
 
     assert lcfg.train.output_dir == ycfg.OUTPUT_DIR
     assert lcfg.train.checkpointer.period == ycfg.SOLVER.CHECKPOINT_PERIOD
-    assert lcfg.train.device == ("cpu" if setting == "mini" else "cuda")
+    assert lcfg.train.device == ("cpu" if setting.startswith("mini") else "cuda")
 
 
-def test_switching_the_init_source_is_one_override():
-    cfg = lazy_cfg("joindet_pretrain_r50_coco.py", ["joindet.priors.init_source=random_crops", "joindet.priors.seed=3",
-                                                    "joindet.priors.topk=7"])
-    source = build_lazy_prior_source(cfg.joindet, mapper=None)
+def test_switching_the_init_source_is_one_assignment():
+    cfg = lazy_cfg("joindet_pretrain_r50_coco.py")
+    cfg.prior_hook.init_source = L(RandomCropSource)(seed=3, topk=7)
+    source = instantiate(cfg.prior_hook.init_source)
     assert source.cache_key() == {"topk": 7, "seed": 3, "min_frac": 0.1, "max_frac": 0.8, "impl": 1}
     # ncut_backbone gets the prior mapper and the init checkpoint (part of its cache key)
-    mapper = object()
-    source = build_lazy_prior_source(lazy_cfg("joindet_pretrain_r50_coco.py").joindet, mapper=mapper)
-    assert source.mapper is mapper and source.cache_key()["weights"] == "checkpoints/swav_800ep_r50_d2.pth"
+    cfg = lazy_cfg("joindet_pretrain_r50_coco.py")
+    source = instantiate(cfg.prior_hook.init_source)
+    assert mapper_signature(source.mapper) == mapper_signature(instantiate(cfg.dataloader.prior_mapper))
+    assert source.cache_key()["weights"] == "checkpoints/swav_800ep_r50_d2.pth"
     assert source.cache_key()["feature"] == "res4" and source.cache_key()["topk"] == 30
 
 
@@ -268,40 +286,45 @@ def test_finetuning_config_matches_yaml(setting):
 def _checked(lazy_cache, *opts):
     cfg = lazy_cfg("mini_joindet_pretrain_synth.py", [*SYNTH_TINY, *opts])
     register_lazy_datasets(cfg)
-    check_joindet_section(cfg)
+    check_pretraining_config(cfg)
     return cfg
 
 
+def _build_hook(cfg):
+    return instantiate_with(cfg.prior_hook, active_priors=object(), dataset_dicts=[], dataset_name="synth")
+
+
 @pytest.mark.parametrize(
-    "opts, pattern",
+    "opts, error, pattern",
     [
-        (["joindet.smooth.momentum=1.5"], r"joindet\.smooth\.momentum must be in \[0, 1\]"),
-        (["joindet.ncut.eps=0"], r"joindet\.ncut\.eps must be > 0"),
-        (["joindet.update_period_iters=-1"], r"joindet\.update_period_iters must be >= 0"),
-        (["joindet.priors.init_source=no_such_source"], r"unknown prior source 'no_such_source'"),
-        (["joindet.priors.eval_dataset=no_such_set"], r"no_such_set.*joindet\.priors\.eval_dataset"),
-        (["joindet.ncut.sigma=1"], r"joindet\.ncut must have the keys .*unknown \['sigma'\]"),
-        (["joindet.update_period=10"], r"joindet must have the keys .*unknown \['update_period'\]"),
+        (["prior_hook.smooth.momentum=1.5"], ValueError, r"momentum must be in \[0, 1\], got 1\.5"),
+        (["prior_hook.period=-1"], ValueError, r"the refresh period must be an integer >= 0"),
+        (["prior_hook.init_source.topk=0"], ValueError, r"topk must be an integer >= 1, got 0"),
+        (["prior_hook.generator.eps=0"], ValueError, r"eps must be > 0"),
+        (["prior_hook.generator.sigma=1"], TypeError, r"unknown NCut argument\(s\) \['sigma'\]"),
+        (["prior_hook.smooth.sigma=1"], TypeError, r"unexpected keyword argument 'sigma'"),
+        (["prior_hook.eval_dicts.names=no_such_set"], KeyError, r"no_such_set"),
     ],
 )
-def test_bad_joindet_section_is_named(lazy_cache, opts, pattern):
-    with pytest.raises(ValueError, match=pattern):
-        _checked(lazy_cache, *opts)
+def test_bad_prior_component_is_named(lazy_cache, opts, error, pattern):
+    _build_hook(_checked(lazy_cache))  # the mini config passes
+    with pytest.raises(error, match=pattern):
+        _build_hook(_checked(lazy_cache, *opts))
 
 
-def test_joindet_section_checks(lazy_cache):
+def test_pretraining_config_checks(lazy_cache):
     cfg = _checked(lazy_cache)  # the mini config passes
-    del cfg.joindet.smooth.momentum
-    with pytest.raises(ValueError, match=r"joindet\.smooth must have the keys .*missing \['momentum'\]"):
-        check_joindet_section(cfg)
+    del cfg.active_priors
+    with pytest.raises(ValueError, match=r"needs active_priors"):
+        check_pretraining_config(cfg)
     cfg = _checked(lazy_cache)
-    del cfg.joindet.init_source_kwargs.selective_search
-    with pytest.raises(ValueError, match=r"no entry for the init source 'selective_search'"):
-        check_joindet_section(cfg)
+    cfg.prior_hook._target_ = RandomCropSource
+    with pytest.raises(ValueError, match=r"prior_hook must be an L\(PriorRefreshHook\)"):
+        check_pretraining_config(cfg)
     cfg = _checked(lazy_cache)
     del cfg.dataloader.prior_mapper
     with pytest.raises(ValueError, match=r"dataloader\.prior_mapper"):
-        check_joindet_section(cfg)
+        check_pretraining_config(cfg)
 
 
 def test_prior_hook_goes_before_the_checkpointer_and_the_evaluation(tmp_path):
@@ -315,16 +338,16 @@ def test_prior_hook_goes_before_the_checkpointer_and_the_evaluation(tmp_path):
     assert insert_prior_hook([timer], refresh) == [timer, refresh]
 
 
-def test_model_and_joindet_section_must_agree(lazy_cache, tmp_path):
+def test_model_and_prior_hook_must_agree(lazy_cache, tmp_path):
     args = argparse.Namespace(resume=False)
     opts = [*SYNTH_TINY, *MODEL_TINY, "model.num_detections=10", "train.max_iter=1", f"train.output_dir={tmp_path}"]
     supervised = lazy_cfg("mini_deformable_detr_synth.py", opts)
-    supervised.joindet = lazy_cfg("mini_joindet_pretrain_synth.py").joindet
-    with pytest.raises(ValueError, match=r"model is a DeformableDETR and the config has a joindet section"):
+    supervised.prior_hook = lazy_cfg("mini_joindet_pretrain_synth.py").prior_hook
+    with pytest.raises(ValueError, match=r"model is a DeformableDETR and the config has a prior_hook"):
         do_train(args, supervised)
     pretraining = lazy_cfg("mini_joindet_pretrain_synth.py", opts)
-    del pretraining.joindet
-    with pytest.raises(ValueError, match=r"model is a JoinDet and the config has no joindet section"):
+    del pretraining.prior_hook
+    with pytest.raises(ValueError, match=r"model is a JoinDet and the config has no prior_hook"):
         do_train(args, pretraining)
 
 
@@ -374,7 +397,7 @@ def test_train_net_lazy_pretraining_builds_the_bank(pretrain_run, lazy_cache):
     assert all(math.isfinite(r["loss_embed"]) and r["loss_embed"] > 0 for r in losses)
     versions = [r["priors/version"] for r in records if "priors/version" in r]
     assert versions == [0, 1, 2]
-    assert "Prior quality per version" in output  # scored against synth_train (joindet.priors.eval_dataset)
+    assert "Prior quality per version" in output  # scored against synth_train (prior_hook.eval_dicts)
     # the embedding targets come from the frozen backbone itself (no copy), loaded from the checkpoint
     # (the noisy weights, not the package's ImageNet ones) and unchanged by training
     assert not any(k.startswith("embed_encoder.") for k in ckpt["model"])

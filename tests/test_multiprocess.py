@@ -1,4 +1,4 @@
-"""Multi-process equivalence (issue 10): a prior refresh on 2 gloo processes gives the bank that one
+"""Multi-process equivalence: a prior refresh on 2 gloo processes gives the bank that one
 process gives for the same weights; every rank sees the same low-data split and its own, disjoint shard
 of the refresh; a rank that fails ends the whole job with its error instead of leaving the others hanging."""
 import json
@@ -63,7 +63,7 @@ def test_ranks_share_the_low_data_split_and_split_the_refresh(refreshed):
 
 
 def test_no_rank_gathers_the_priors(refreshed):
-    """Issue 13: each rank writes its shard of a version and the main process commits it; what the ranks
+    """Each rank writes its shard of a version and the main process commits it; what the ranks
     all_gather during version 0 and the refresh is a few bytes (a staging path, a count), never priors."""
     for processes in (1, 2):
         for rank in json.loads((refreshed[processes] / "ranks.json").read_text()):

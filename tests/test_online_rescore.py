@@ -41,17 +41,28 @@ def test_the_latest_view_of_a_version_scores_each_prior():
     assert len(rec) == 0
 
 
+class _RecordingModel(torch.nn.Module):
+    """The part of JoinDet a generator that reads the training steps is wired to."""
+
+    objectness_recorder = None
+
+    def set_objectness_recorder(self, recorder):
+        self.objectness_recorder = recorder
+
+
 def test_generator_scores_the_precedent_boxes_with_the_recorded_means():
-    model = torch.nn.Module()
-    model.online_objectness = OnlineObjectness()
+    model = _RecordingModel()
+    generator = OnlineRescoreGenerator()
+    generator.attach(model)  # what the refresh hook does before training
+    assert model.objectness_recorder is generator.recorder
     boxes = {i: np.float32([[0, 0, 10, 10], [5, 5, 20, 20], [1, 2, 3, 4]]) for i in (1, 2)}
     previous = _Version(3, {i: (b, np.float32([0.9, 0.5, 0.1])) for i, b in boxes.items()})
-    model.online_objectness.record(1, 3, 3, [1, 2], [0.8, 0.05])
-    out = OnlineRescoreGenerator()(model, [{"image_id": 1}, {"image_id": 2}], previous)
+    model.objectness_recorder.record(1, 3, 3, [1, 2], [0.8, 0.05])
+    out = generator(model, [{"image_id": 1}, {"image_id": 2}], previous)
     assert sorted(out) == [1]  # image 2 had no view: it keeps its priors (the hook's merge)
     np.testing.assert_array_equal(out[1][0], boxes[1])
     np.testing.assert_allclose(out[1][1], [0.9, 0.8, 0.05])  # prior 0 unseen: its precedent score
-    assert len(model.online_objectness) == 0  # cleared for the next version
+    assert len(model.objectness_recorder) == 0  # cleared for the next version
     with pytest.raises(ValueError, match="inside a training run"):
         OnlineRescoreGenerator()(torch.nn.Module(), [{"image_id": 1}], previous)
     with pytest.raises(ValueError, match="needs a JoinDet model"):
@@ -80,9 +91,11 @@ def test_recorded_quality_is_the_rescore_formula_on_the_steps_outputs(synthetic_
 
     model.record_objectness = capture
     trainer.train()
-    assert len(seen) == 1 and len(model.online_objectness) > 0 and model.online_objectness.quality == quality
+    recorder = trainer.prior_hook.generator.recorder
+    assert model.objectness_recorder is recorder  # wired by the refresh hook
+    assert len(seen) == 1 and len(recorder) > 0 and recorder.quality == quality
     outputs, target_boxes, batch = seen[0]
-    means = model.online_objectness.gathered(0)
+    means = recorder.gathered(0)
     for i, (t, x) in enumerate(zip(target_boxes, batch)):
         prob = outputs["pred_logits"][i].sigmoid().amax(-1)
         pred = box_convert(outputs["pred_boxes"][i], "cxcywh", "xyxy")

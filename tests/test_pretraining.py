@@ -17,8 +17,8 @@ import joindet.priors.refresh as refresh_module
 from joindet.data.datasets import register_datasets
 from joindet.engine.pretrain import JoinDetTrainer, bank_dir
 from joindet.priors.bank import PriorBank
-from joindet.priors.box_smooth import smooth_priors
-from joindet.priors.sources import RandomCropSource
+from joindet.priors.box_smooth import BoxSmoothSettings, smooth_priors
+from joindet.priors.random_crops import RandomCropSource
 
 from conftest import REPO_ROOT, TINY_DATA_OPTS, TINY_MODEL_OPTS, build_cfg, free_port, run_train_net
 
@@ -41,6 +41,7 @@ TINY_PRETRAIN_OPTS = [
     "JOINDET.PRIORS.TOPK", "10",
     "JOINDET.NCUT.FEATURE_LEVEL", "0",
     "JOINDET.NCUT.BATCH_SIZE", "4",
+    "JOINDET.REFRESH.BATCH_SIZE", "4",  # (the detector and rescore refreshes; the mini config has 8)
     "JOINDET.REFRESH.GENERATOR", "ncut_encoder",  # the paper's refresh (the mini config refreshes by rescore)
     "MODEL.DEFORMABLE_DETR.ENC_LAYERS", "1",
     "MODEL.DEFORMABLE_DETR.DEC_LAYERS", "1",
@@ -189,9 +190,9 @@ def test_an_image_without_ncut_priors_keeps_its_previous_ones(refresh_run):
                 np.testing.assert_array_equal(got_scores, old_scores)
                 assert len(got_boxes) > 0
             else:  # the Box Smooth Module's merge of the previous and the current priors
-                want_boxes, want_scores = smooth_priors(old_boxes, old_scores, boxes, scores, momentum=s.MOMENTUM,
-                                                        iou_threshold=s.IOU_THRESHOLD, topk=cfg.JOINDET.PRIORS.TOPK,
-                                                        soft_nms_sigma=s.SOFT_NMS_SIGMA)
+                settings = BoxSmoothSettings(momentum=s.MOMENTUM, iou_threshold=s.IOU_THRESHOLD,
+                                             topk=cfg.JOINDET.PRIORS.TOPK, soft_nms_sigma=s.SOFT_NMS_SIGMA)
+                want_boxes, want_scores = smooth_priors(old_boxes, old_scores, boxes, scores, settings)
                 np.testing.assert_allclose(got_boxes, want_boxes, rtol=0, atol=1e-4)
                 np.testing.assert_allclose(got_scores, want_scores, rtol=0, atol=1e-6)
 
@@ -258,8 +259,9 @@ def test_paper_pretraining_config_builds_the_full_model_and_steps(synthetic_cach
     assert os.path.isfile(final)
     os.remove(final)  # hundreds of MB with the optimizer state
 
-    # NCut on a randomly initialised R50 (no SwAV file here) may find no object (DESIGN.md section 5),
-    # so the full-size losses are checked once more on random-crop priors served by the same loader
+    # NCut on a randomly initialised R50 (no SwAV file here) may find no object (docs/design.md, "Version 0
+    # without a pretrained backbone"), so the full-size losses are checked once more on random-crop priors
+    # served by the same loader
     dicts = DatasetCatalog.get(DATASET)
     crops = RandomCropSource(topk=5, seed=0)(dicts)
     bank.write_version(1, [d["image_id"] for d in dicts], [b for b, _ in crops], [s for _, s in crops])

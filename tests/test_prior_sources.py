@@ -9,16 +9,10 @@ from PIL import Image
 from torchvision.ops import box_iou
 
 from joindet.priors.bank import PriorBank
-from joindet.priors.random_crops import image_rng, random_crop_boxes
-from joindet.priors.selective_search import selective_search_boxes
-from joindet.priors.sources import (
-    PRIOR_SOURCE_REGISTRY,
-    RandomCropSource,
-    SelectiveSearchSource,
-    build_prior_source,
-    load_or_compute_version0,
-    version0_cache_key,
-)
+from joindet.priors.random_crops import RandomCropSource, image_rng, random_crop_boxes
+from joindet.priors.selective_search import SelectiveSearchSource, selective_search_boxes
+from joindet.priors.sources import PRIOR_SOURCE_REGISTRY, build_prior_source
+from joindet.priors.version0 import load_or_compute_version0, version0_cache_key
 
 RECTS = [(20, 15, 60, 55), (90, 40, 150, 100), (30, 70, 70, 110)]  # XYXY, exclusive ends
 COLOURS = [(230, 20, 20), (20, 20, 230), (240, 240, 30)]

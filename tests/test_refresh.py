@@ -12,7 +12,7 @@ from torchvision.ops import box_iou
 from detectron2.data import DatasetCatalog
 
 from joindet.data.mapper import DetrDatasetMapper
-from joindet.engine.pretrain import JoinDetTrainer, bank_dir, prior_settings_from_cfg
+from joindet.engine.pretrain import JoinDetTrainer, bank_dir
 from joindet.modeling import JoinDet
 from joindet.priors.bank import PriorBank
 from joindet.priors.refresh import REFRESH_GENERATOR_REGISTRY, box_mean_of_map, build_refresh_generator
@@ -31,13 +31,21 @@ TINY_PRETRAIN_OPTS_FOR_TOOL = [*TINY_DATA_OPTS, *TINY_MODEL_OPTS, *TINY_PRETRAIN
 
 def test_registry_holds_the_documented_generators():
     assert sorted(n for n, _ in REFRESH_GENERATOR_REGISTRY) == sorted(GENERATORS + ONLINE_GENERATORS)
-    # refused at start-up by the config check, and by the builder for a settings dict built another way
+    # refused at start-up by the config check, and by the builder for a config changed after the check
     with pytest.raises(ValueError, match=r"JOINDET\.REFRESH\.GENERATOR.*no_such.*detector_ncut"):
         build_cfg(["JOINDET.REFRESH.GENERATOR", "no_such"], config_file=PRETRAIN_CONFIG, data_opts=False)
-    settings = prior_settings_from_cfg(build_cfg(config_file=PRETRAIN_CONFIG, data_opts=False))
-    settings["refresh"]["generator"] = "no_such"
+    cfg = _with_refresh(build_cfg(config_file=PRETRAIN_CONFIG, data_opts=False), generator="no_such")
     with pytest.raises(ValueError, match=r"JOINDET\.REFRESH\.GENERATOR.*no_such.*detector_ncut"):
-        build_refresh_generator(settings, mapper=None)
+        build_refresh_generator(cfg, mapper=None)
+
+
+def _with_refresh(cfg, **refresh):
+    """A copy of ``cfg`` with ``JOINDET.REFRESH.<KEY>`` set from ``refresh`` (keys in lower case)."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    for key, value in refresh.items():
+        cfg.JOINDET.REFRESH[key.upper()] = value
+    return cfg
 
 
 def test_box_mean_of_map_matches_brute_force():
@@ -80,9 +88,7 @@ class _Precedent:
 @pytest.mark.parametrize("name", GENERATORS)
 def test_each_generator_gives_valid_priors_for_every_image(tiny_model_and_data, name):
     cfg, model, dicts = tiny_model_and_data
-    settings = prior_settings_from_cfg(cfg)
-    settings["refresh"]["generator"] = name
-    generator = build_refresh_generator(settings, DetrDatasetMapper(cfg, is_train=False))
+    generator = build_refresh_generator(_with_refresh(cfg, generator=name), DetrDatasetMapper(cfg, is_train=False))
     rng = np.random.default_rng(0)
     precedent = {}
     for d in dicts:
@@ -114,10 +120,8 @@ def test_each_generator_gives_valid_priors_for_every_image(tiny_model_and_data, 
 @pytest.mark.parametrize("quality", RESCORE_QUALITIES)
 def test_rescore_generator_scores_are_the_quality_of_the_models_predictions(tiny_model_and_data, quality):
     cfg, model, dicts = tiny_model_and_data
-    settings = prior_settings_from_cfg(cfg)
-    settings["refresh"].update(generator="rescore", rescore_quality=quality)
     mapper = DetrDatasetMapper(cfg, is_train=False)
-    generator = build_refresh_generator(settings, mapper)
+    generator = build_refresh_generator(_with_refresh(cfg, generator="rescore", rescore_quality=quality), mapper)
     assert generator.quality == quality
     rng = np.random.default_rng(1)
     precedent = {}
@@ -131,11 +135,19 @@ def test_rescore_generator_scores_are_the_quality_of_the_models_predictions(tiny
     for d, (boxes, objectness) in zip(dicts, preds):
         got_boxes, got = out[d["image_id"]]
         np.testing.assert_array_equal(got_boxes, precedent[d["image_id"]][0])
-        iou = torch.stack([torch.tensor([_iou(p, q) for q in boxes.tolist()]) for p in got_boxes.tolist()])
+        iou = torch.stack([torch.tensor([_iou(p, q) for q in boxes.tolist()], dtype=torch.float64)
+                           for p in got_boxes.tolist()])
         if quality == "objectness_x_iou":
-            expected = (iou * objectness[None]).amax(1)
+            expected = (iou * objectness[None].double()).amax(1)
         else:
-            expected = torch.where(iou.amax(1) > 0, objectness[iou.argmax(1)], torch.zeros(len(iou)))
+            # the objectness of the query overlapping the prior most. Untrained queries predict boxes of one size,
+            # whose IoUs with a prior containing them tie up to the rounding of the model's outputs: any query
+            # within a few float32 ulps of the best IoU may be the one the generator's float32 IoU picks.
+            best = iou.amax(1, keepdim=True)
+            near_best = (iou >= best * (1 - 8 * torch.finfo(torch.float32).eps)) & (best > 0)  # (priors, queries)
+            candidates = torch.where(near_best, objectness[None].double(), float("nan"))
+            closest = (candidates - torch.from_numpy(got).double()[:, None]).abs().nan_to_num(float("inf")).argmin(1)
+            expected = torch.where(best[:, 0] > 0, candidates.gather(1, closest[:, None])[:, 0], 0.0)
         np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-6)
 
 
@@ -148,12 +160,9 @@ def _iou(a, b):
 
 def test_detector_ncut_scores_are_the_detector_scores_reweighted(tiny_model_and_data):
     cfg, model, dicts = tiny_model_and_data
-    settings = prior_settings_from_cfg(cfg)
     mapper = DetrDatasetMapper(cfg, is_train=False)
-    settings["refresh"]["generator"] = "detector"
-    plain = build_refresh_generator(settings, mapper)(model, dicts)
-    settings["refresh"]["generator"] = "detector_ncut"
-    reweighted = build_refresh_generator(settings, mapper)(model, dicts)
+    plain = build_refresh_generator(_with_refresh(cfg, generator="detector"), mapper)(model, dicts)
+    reweighted = build_refresh_generator(_with_refresh(cfg, generator="detector_ncut"), mapper)(model, dicts)
     for d in dicts:
         # objectness x (1 + mean M) / 2 with mean M in [-1, 1]: never above the detector's best score
         assert reweighted[d["image_id"]][1].max() <= plain[d["image_id"]][1].max() + 1e-6

@@ -1,4 +1,4 @@
-"""Issue 13 item 4: a multi-process version is written as one shard per rank into a staging folder and
+"""A multi-process version is written as one shard per rank into a staging folder and
 committed by the main process (``generation.publish_version``), not gathered to every rank; the staging
 folder of a killed run is removed by ``PriorBank.recover``. The 2-process path end to end (and that no
 rank all_gathers priors) is in test_multiprocess.py."""

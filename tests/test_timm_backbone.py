@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
-from joindet.engine.trainer import check_batch_norm_batch
+from joindet.engine.common import check_batch_norm_batch
 from joindet.modeling.backbone import TimmBackbone, convert_lite0_state_dict, lite0_checkpoint_path, load_timm_weights
 from joindet.modeling.backbone.lite0_weights import LITE0_PACKAGE, LITE0_PIXEL_MEAN, LITE0_PIXEL_STD
 

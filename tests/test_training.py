@@ -18,7 +18,8 @@ from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm
 
 from joindet.data.mapper import DetrDatasetMapper
 from joindet.engine.optimizer import build_optimizer
-from joindet.engine.trainer import Trainer, build_resumable_train_loader, check_batch_norm_batch
+from joindet.engine.common import check_batch_norm_batch
+from joindet.engine.trainer import Trainer, build_resumable_train_loader
 
 from conftest import (
     COCO_CONFIG, MINI_CONFIG, MINI_R18_CONFIG, REPO_ROOT, TINY_DATA_OPTS, TINY_MODEL_OPTS, build_cfg, free_port, mapped_batch,

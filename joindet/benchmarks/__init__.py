@@ -4,11 +4,12 @@ import argparse
 import json
 import os
 
+from ..model_zoo import get_config_file
+
 __all__ = ["MINI_PRETRAIN_CONFIG", "markdown_table", "mini_pretraining_cfg", "mini_pretraining_parser", "write_rows"]
 
 
-MINI_PRETRAIN_CONFIG = os.path.normpath(
-    os.path.join(os.path.dirname(__file__), "..", "..", "configs", "mini", "pretrain_synth.yaml"))
+MINI_PRETRAIN_CONFIG = get_config_file("mini/pretrain_synth.yaml")  # the packaged config (joindet.model_zoo)
 
 
 def markdown_table(rows, cols):

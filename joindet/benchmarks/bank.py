@@ -41,7 +41,7 @@ def _priors(rng, num_images):
 def run_one(name, seed=0):
     """One size in this process; returns its row."""
     from joindet.priors.bank import PriorBank
-    from joindet.priors.box_smooth import smooth_version_arrays
+    from joindet.priors.box_smooth import BoxSmoothSettings, smooth_version_arrays
 
     n = SIZES[name]
     rng = np.random.default_rng(seed)
@@ -56,12 +56,13 @@ def run_one(name, seed=0):
     input_mb = sum(a.nbytes for a in (old_boxes, old_scores, new_boxes, new_scores, offsets)) / 2 ** 20
     # torch's one-off start-up (thread pools, allocator) on a tiny version first: not the module's memory
     tiny = np.arange(0, 2 * K + 1, K, dtype=np.int64)
-    smooth_version_arrays(old_boxes[:2 * K], old_scores[:2 * K], tiny, new_boxes[:2 * K], new_scores[:2 * K], tiny, topk=K)
+    smooth_version_arrays(old_boxes[:2 * K], old_scores[:2 * K], tiny, new_boxes[:2 * K], new_scores[:2 * K], tiny,
+                          BoxSmoothSettings(topk=K))
     base = _rss_mb()
     row = {"size": name, "images": n, "boxes_per_set": n * K, "input_mb": input_mb}
     start = time.perf_counter()
     boxes, scores, out_offsets = smooth_version_arrays(old_boxes, old_scores, offsets, new_boxes, new_scores, offsets,
-                                                       topk=K)
+                                                       BoxSmoothSettings(topk=K))
     row["smooth_s"] = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as root:
         bank = PriorBank(root)

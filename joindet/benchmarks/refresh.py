@@ -5,7 +5,7 @@ A whole prior refresh against one training epoch on the same images and model::
         [--json refresh.json] [--output-dir output/refresh_bench] [KEY VALUE ...]
 
 Why: at full scale a refresh runs every 10 epochs and has no backward pass, so it should cost at most
-10% of one epoch (issue 13); this measures that ratio side by side in one process. It runs
+10% of one epoch; this measures that ratio side by side in one process. It runs
 ``configs/mini/pretrain_synth.yaml`` in this process on a synthetic set of ``--num-images`` images kept in
 its own folder under the output folder (the shared synthetic cache is not touched); trailing
 ``KEY VALUE`` pairs override the config. The prior-quality evaluation of each version is off
@@ -56,8 +56,10 @@ class _TimedCall:
     through (the hook records the generator's name in the version it writes)."""
 
     def __init__(self, fn):
+        from joindet.priors.refresh import refresh_generator_name
+
         self.fn, self.seconds = fn, 0.0
-        self.name = getattr(fn, "name", type(fn).__name__)
+        self.name = refresh_generator_name(fn)
 
     def __call__(self, *args, **kwargs):
         start = time.perf_counter()
@@ -69,10 +71,9 @@ class _TimedCall:
 
 def _refresh_generators(cfg, names):
     """``{name: generator}``, each built as the trainer builds its own: ``build_refresh_generator`` on
-    the prior settings of ``cfg`` with ``JOINDET.REFRESH.GENERATOR`` set to ``name``, images read by the
+    ``cfg`` with ``JOINDET.REFRESH.GENERATOR`` set to ``name``, images read by the
     test-time mapper."""
     from joindet.data.mapper import DetrDatasetMapper
-    from joindet.engine.pretrain import prior_settings_from_cfg
     from joindet.priors.refresh import REFRESH_GENERATOR_REGISTRY, build_refresh_generator
 
     mapper = DetrDatasetMapper(cfg, is_train=False)
@@ -84,7 +85,7 @@ def _refresh_generators(cfg, names):
         c = cfg.clone()
         c.defrost()
         c.JOINDET.REFRESH.GENERATOR = name
-        generators[name] = build_refresh_generator(prior_settings_from_cfg(c), mapper)
+        generators[name] = build_refresh_generator(c, mapper)
     return generators
 
 
@@ -92,7 +93,7 @@ def time_refreshes(trainer, generators, num_images):
     """One full ``hook.refresh()`` per generator on ``trainer``'s model and bank (the hook's generator
     swapped in, then restored), each after a one-batch warm-up of the generator. Returns a row per
     generator: ``refresh_s``, ``generate_s``, ``smooth_gather_write_s``, ``version``."""
-    from joindet.engine.trainer import unwrap_model
+    from joindet.engine.common import unwrap_model
 
     hook = trainer.prior_hook
     own_generator = hook.generator
@@ -126,7 +127,7 @@ def main(argv: Optional[Sequence[str]] = None):
 
     from joindet.config import resolve_epochs, validate_config
     from joindet.engine.pretrain import JoinDetTrainer
-    from joindet.engine.trainer import unwrap_model
+    from joindet.engine.common import unwrap_model
     from joindet.priors.refresh import REFRESH_GENERATOR_REGISTRY
 
     unknown = [g for g in args.generators if g not in REFRESH_GENERATOR_REGISTRY]

@@ -5,7 +5,7 @@ Where one training step's time goes, stage by stage::
         [--num-images 32] [--json train_step.json] [--output-dir output/train_step_bench] [KEY VALUE ...]
     python -m joindet.benchmarks.train_step --compare MODEL.TIMM.CHANNELS_LAST=False,True   # before / after
 
-Why: issue 13 asks which part of a pretraining step to speed up; this measures each stage of the real
+Why: to know which part of a pretraining step to speed up, this measures each stage of the real
 step, in one process, without editing the model. It builds the trainer as the other benchmarks do
 (``JoinDetTrainer`` for the ``JoinDet`` architecture, the supervised ``Trainer`` otherwise, e.g. with
 ``configs/mini/deformable_detr_synth.yaml``) on a synthetic set of ``--num-images`` images of its own
@@ -207,7 +207,7 @@ def main(argv: Optional[Sequence[str]] = None):
 
     from detectron2.utils.events import EventStorage
 
-    from joindet.engine.trainer import unwrap_model
+    from joindet.engine.common import unwrap_model
 
     variants = [()]
     if args.compare:
@@ -267,7 +267,7 @@ class _Measured:
     def __enter__(self):
         import torch
 
-        from joindet.engine.trainer import unwrap_model
+        from joindet.engine.common import unwrap_model
 
         self.model, self.optimizer = self.trainer.model, self.trainer.optimizer
         self.model.train()
@@ -285,7 +285,7 @@ class _Measured:
             self.totals.append(total)
 
     def __exit__(self, *exc):
-        from joindet.engine.trainer import unwrap_model
+        from joindet.engine.common import unwrap_model
 
         for h in self.handles:
             h.remove()

@@ -5,7 +5,7 @@ gradients. This domain differs on every axis that matters to object priors, so t
 on one generator: many small objects, lower contrast, textured (not smooth) backgrounds and
 unannotated clutter. It is drawn with numpy and OpenCV from a seeded ``numpy.random.Generator``
 (the same arguments give byte-identical files) and goes through the same files-on-disk and
-registration code as the shapes (``joindet.data.synthetic.generate_split`` / ``register_domain``,
+registration code as the shapes (``joindet.data.generated.generate_split`` / ``register_domain``,
 with the :data:`CLUTTER` domain).
 
 Parameters (given below at the reference size of 256 px; lengths scale with the image side). They
@@ -71,8 +71,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from .synthetic import GENERATED_SET_DEFAULTS as _D
-from .synthetic import (
+from .generated import GENERATED_SET_DEFAULTS as _D
+from .generated import (
     _MAX_IMAGE_SIZE,
     MIN_VISIBLE_FRACTION,
     SyntheticDomain,
@@ -462,7 +462,7 @@ CLUTTER = SyntheticDomain(
 def generate_clutter_split(root, split, num_images, image_size=_D["image_size"], seed=_D["seed"],
                            min_objects=_DEFAULT_OBJECTS[0], max_objects=_DEFAULT_OBJECTS[1]):
     """Write one split of the clutter dataset (or reuse it) and return its COCO JSON path:
-    ``joindet.data.synthetic.generate_split(CLUTTER, ...)`` (same caching, atomic write and lock)."""
+    ``joindet.data.generated.generate_split(CLUTTER, ...)`` (same caching, atomic write and lock)."""
     return generate_split(CLUTTER, root, split, num_images, image_size, seed, min_objects, max_objects)
 
 
@@ -473,7 +473,7 @@ def default_clutter_root():
 
 def register_clutter(name_prefix="clutter", root=None, **settings):
     """Register ``<prefix>_train``, ``<prefix>_val`` and ``<prefix>_train_unlabeled`` of the clutter
-    domain: ``joindet.data.synthetic.register_domain(CLUTTER, ...)`` (same names, metadata and
+    domain: ``joindet.data.generated.register_domain(CLUTTER, ...)`` (same names, metadata and
     re-registration rules as the shapes set; ``root`` defaults to ``default_clutter_root()``).
 
     Returns:

@@ -9,6 +9,7 @@ from detectron2.config import configurable
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 
+from ..priors import defaults as D
 from .image_io import SkippedImages, UnusableImage, read_image
 from .mapper import describe_datasets
 
@@ -75,7 +76,7 @@ class JoinDetDatasetMapper:
 
     @configurable
     def __init__(self, *, augmentations, image_format, active_priors, crop_size=128, min_box_size=4.0,
-                 train_topk=0, dataset_names=()):
+                 train_topk=D.TRAIN_TOPK, dataset_names=()):
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.active_priors = active_priors

@@ -10,6 +10,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_joindet_config, resolve_epochs, validate_config
 from ..data.datasets import check_dataset_names, register_datasets
+from ..model_zoo import resolve_config_file
 from ..utils.atomic import write_json_atomic
 from .fault_tolerance import TrainingPreempted
 from .pretrain import JoinDetTrainer
@@ -53,7 +54,9 @@ def write_results(output_dir, results):
 def main(args):
     """Train (or with ``--eval-only`` evaluate) in this process; returns the evaluation results
     (a dict dataset -> task -> metric; empty when DATASETS.TEST is empty), also written to
-    OUTPUT_DIR/eval_results.json by the main process."""
+    OUTPUT_DIR/eval_results.json by the main process. ``args.config_file`` may name a packaged config,
+    ``joindet://<name>`` (``joindet.model_zoo``)."""
+    args.config_file = resolve_config_file(args.config_file)
     try:
         if args.config_file.endswith(".py"):
             from .lazy import lazy_main
@@ -99,8 +102,15 @@ def _yacs_main(args):
 
 
 def cli(argv=None):
-    """``train_net.py``'s command line: Detectron2's argument parser, then one process per device."""
-    args = default_argument_parser().parse_args(argv)
+    """``train_net.py``'s and ``joindet-train``'s command line: Detectron2's argument parser, then one process
+    per device. ``--config-file`` takes a path or a packaged config's name, ``joindet://<name>``
+    (``joindet.model_zoo.list_configs()``)."""
+    parser = default_argument_parser()
+    args = parser.parse_args(argv)
+    try:  # a wrong path or name fails here, before any process starts
+        args.config_file = resolve_config_file(args.config_file)
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(str(e))
     return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                   dist_url=args.dist_url, args=(args,))
 

@@ -2,54 +2,62 @@
 
 A LazyConfig holds ``model``, ``optimizer`` (its ``params.model`` is filled in here), ``lr_multiplier``
 (an fvcore ``ParamScheduler``), ``dataloader.train`` / ``dataloader.test`` / ``dataloader.evaluator``,
-optionally ``dataloader.synthetic`` (settings of the built-in synthetic set, registered before
-anything is instantiated), and ``train`` (see ``projects/JoinDet/configs/common/train.py``).
+optionally ``dataloader.synthetic`` / ``dataloader.clutter`` (settings of the two built-in generated sets) and
+``dataloader.image_folders`` (unlabelled image folders, ``{name: folder}``), all registered before anything is
+instantiated, and ``train`` (see ``projects/JoinDet/configs/common/train.py``; ``train.epochs`` and
+``train.prior_period_epochs`` are resolved to iterations from the training set's size after the overrides,
+as the yacs route resolves ``SOLVER.EPOCHS`` and ``JOINDET.UPDATE_PERIOD``). The train loader reads a
+``ResumableTrainingSampler`` stream, so ``--resume`` continues exactly where the interrupted run stopped.
 Training runs Detectron2's ``SimpleTrainer`` (``AMPTrainer`` with ``train.amp.enabled``) with its
 standard hooks; overrides are ``key=value`` (e.g. ``train.max_iter=10``).
 
-JoinDet pretraining: a config with a ``joindet`` section (the prior settings, ``JOINDET.*`` of the
-yacs route one to one, see ``projects/JoinDet/configs/common/data/pretrain_priors.py``) and a JoinDet
-model. Its ``dataloader.train.mapper`` is a ``JoinDetDatasetMapper`` built here with the run's
-``ActivePriors`` (bank ``joindet.priors.bank_dir``, "" = ``train.output_dir/prior_bank``), and
-``dataloader.prior_mapper`` is the test-time mapper of prior generation. The run adds the
-``PriorRefreshHook`` (version 0 from ``joindet.priors.init_source`` built with
-``joindet.init_source_kwargs[init_source]``, refreshes every ``joindet.update_period_iters``) before the
-checkpointer, and a fresh run copies the loaded backbone into the frozen embedding encoder -- the
-same pieces as ``joindet.engine.pretrain.JoinDetTrainer``.
+JoinDet pretraining: a config with ``active_priors`` (an ``L(ActivePriors)``: the prior bank folder), a
+``prior_hook`` (an ``L(PriorRefreshHook)`` with its version-0 source, refresh generator, Box Smooth settings
+and period, see ``projects/JoinDet/configs/common/data/pretrain_priors.py``) and a JoinDet model -- the
+components the yacs route builds from ``JOINDET.*`` with their ``from_config``. ``active_priors`` is
+instantiated once and given to ``dataloader.train.mapper`` (a ``JoinDetDatasetMapper``) and to the hook, which
+also shares the loader's dataset dicts; ``dataloader.prior_mapper`` is the test-time mapper of prior
+generation. The run adds the hook before the checkpointer, and a fresh run copies the loaded backbone into the
+frozen embedding encoder -- the same pieces as ``joindet.engine.pretrain.JoinDetTrainer``.
 """
-import inspect
 import logging
 import re
 
 import torch
-from detectron2.config import LazyConfig, get_cfg, instantiate
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import DatasetCatalog
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import locate
-from omegaconf import OmegaConf
 
 from ..checkpoint import JoinDetCheckpointer
-from ..config import add_joindet_config, check_config_value
-from ..data.datasets import check_dataset_names
-from ..data.synthetic import register_synthetic
-from ..data.transfer import register_transfer_datasets
+from ..data.datasets import check_dataset_names, register_joindet_datasets
 from ..modeling.joindet import JoinDet
 from ..priors.active import ActivePriors
-from ..priors.sources import PRIOR_SOURCE_REGISTRY, build_prior_source
-from .fault_tolerance import PreemptionHook, RNGStateHook
-from .pretrain import build_prior_refresh_hook, insert_prior_hook, prior_settings_from_cfg, resolve_bank_dir
-from .trainer import check_batch_norm_batch, create_ddp_model_any_device, unwrap_model
+from .common import (
+    build_resumable_sampler,
+    check_batch_norm_batch,
+    create_ddp_model_any_device,
+    epochs_to_iters,
+    fault_tolerance_hooks,
+    insert_prior_hook,
+    iters_per_epoch,
+    skip_consumed,
+    unwrap_model,
+)
+from .prior_hook import PriorRefreshHook
 
 __all__ = [
     "lazy_setup",
     "register_lazy_datasets",
+    "resolve_lazy_epochs",
+    "build_lazy_train_loader",
     "build_lazy_model",
     "check_aux_loss_weights",
-    "check_joindet_section",
+    "check_pretraining_config",
     "instantiate_with",
-    "build_lazy_prior_source",
     "build_lazy_pretraining",
     "do_test",
     "do_train",
@@ -60,7 +68,7 @@ logger = logging.getLogger("joindet")
 
 _TRAIN_KEYS = ("model", "optimizer", "lr_multiplier", "dataloader", "train")
 _EVAL_KEYS = ("model", "dataloader", "train")
-_SYNTHETIC_KEYS = ("root", "num_train", "num_val", "image_size", "seed")
+_GENERATED_KEYS = ("root", "num_train", "num_val", "image_size", "seed")
 # Per-layer loss names that build_weight_dict derives from the decoder depth: loss_ce_0, loss_giou_enc, ...
 _PER_LAYER_LOSS = re.compile(r"^loss_(ce|bbox|giou)_(\d+|enc)$")
 
@@ -72,39 +80,76 @@ def _require(cfg, keys, where):
 
 
 def lazy_setup(args):
-    """Load ``args.config_file``, apply ``args.opts`` (``key=value``), check the top-level keys, run
-    Detectron2's ``default_setup`` (logging, ``train.output_dir``, config dump, seed) and register
-    the synthetic datasets. Returns the config (an omegaconf ``DictConfig``)."""
+    """Load ``args.config_file``, apply ``args.opts`` (``key=value``), check the top-level keys, register
+    the datasets and resolve the epoch schedule (as the yacs route does, after the overrides), then run
+    Detectron2's ``default_setup`` (logging, ``train.output_dir``, config dump, seed). Returns the config (an
+    omegaconf ``DictConfig``)."""
     cfg = LazyConfig.load(args.config_file)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
     _require(cfg, _EVAL_KEYS if args.eval_only else _TRAIN_KEYS, args.config_file)
+    register_lazy_datasets(cfg)
+    if not args.eval_only:
+        resolve_lazy_epochs(cfg)
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="joindet")
-    register_lazy_datasets(cfg)
-    if "joindet" in cfg and not args.eval_only:
-        check_joindet_section(cfg)
+    if "prior_hook" in cfg and not args.eval_only:
+        check_pretraining_config(cfg)
     return cfg
 
 
 def register_lazy_datasets(cfg):
-    """Register ``synth_*`` from ``cfg.dataloader.synthetic`` (when present: ``root`` ("" = the default
-    cache), ``num_train``, ``num_val``, ``image_size``, ``seed``) and the low-data / VOC-as-COCO sets, then raise ``ValueError`` naming the
-    config key when ``dataloader.{train,test}.dataset.names`` lists an unregistered dataset."""
+    """Register the datasets of a LazyConfig with the function the yacs route uses
+    (``joindet.data.datasets.register_joindet_datasets``): ``synth_*`` and ``clutter_*`` from
+    ``cfg.dataloader.synthetic`` / ``cfg.dataloader.clutter`` (``root`` ("" = the default cache),
+    ``num_train``, ``num_val``, ``image_size``, ``seed``; a key or section left out takes the default), the
+    image folders of ``cfg.dataloader.image_folders`` (``{name: folder}``) and the low-data / VOC-as-COCO sets;
+    then raise ``ValueError`` naming the config key when ``dataloader.{train,test}.dataset.names`` lists an
+    unregistered dataset."""
     dataloader = cfg.dataloader
-    if "synthetic" in dataloader:
-        s = dataloader.synthetic
-        unknown = sorted(set(s) - set(_SYNTHETIC_KEYS))
-        if unknown:
-            raise ValueError(f"dataloader.synthetic has unknown keys {unknown}; known: {list(_SYNTHETIC_KEYS)}")
-        # a key left out takes register_synthetic's default (joindet.data.synthetic.GENERATED_SET_DEFAULTS)
-        register_synthetic(name_prefix="synth", root=s.get("root") or None, **{k: s[k] for k in s if k != "root"})
-    register_transfer_datasets()  # low-data subsets (after synth_*) and VOC-as-COCO
+    generated = {}
+    for key in ("synthetic", "clutter"):
+        if key in dataloader:
+            s = dataloader[key]
+            unknown = sorted(set(s) - set(_GENERATED_KEYS))
+            if unknown:
+                raise ValueError(f"dataloader.{key} has unknown keys {unknown}; known: {list(_GENERATED_KEYS)}")
+            generated[key] = {k: s[k] for k in s}
+    folders = dataloader.get("image_folders") or {}
+    register_joindet_datasets(**generated, image_folders=[(str(name), str(folders[name])) for name in folders])
     for split in ("train", "test"):
         loader = dataloader.get(split)
         dataset = loader.get("dataset") if loader is not None else None
         if dataset is not None and "names" in dataset:
             names = dataset.names
             check_dataset_names([names] if isinstance(names, str) else list(names), f"dataloader.{split}.dataset.names")
+
+
+def _train_dataset_names(cfg):
+    names = cfg.dataloader.train.dataset.names
+    return [names] if isinstance(names, str) else list(names)
+
+
+def resolve_lazy_epochs(cfg):
+    """Epochs to iterations for a LazyConfig (in place, after the overrides): with ``train.epochs`` > 0,
+    ``train.max_iter`` = that many epochs; with ``train.prior_period_epochs`` > 0 and ``prior_hook.period`` 0,
+    the refresh period = that many epochs. One epoch is ``ceil(images / dataloader.train.total_batch_size)``
+    iterations over the images of ``dataloader.train.dataset.names`` (``joindet.engine.common``, the arithmetic
+    of the yacs route's ``resolve_epochs``). The lr schedule of the configs is relative to ``train.max_iter``
+    (``common/schedule.py``), so it follows. Returns the iterations per epoch, or None when nothing is in
+    epochs."""
+    train = cfg.train
+    epochs = train.get("epochs", 0) or 0
+    period_epochs = train.get("prior_period_epochs", 0) or 0
+    resolve_period = period_epochs > 0 and "prior_hook" in cfg and not cfg.prior_hook.get("period", 0)
+    if epochs <= 0 and not resolve_period:
+        return None
+    num_images = sum(len(DatasetCatalog.get(name)) for name in _train_dataset_names(cfg))
+    per_epoch = iters_per_epoch(num_images, cfg.dataloader.train.total_batch_size)
+    if epochs > 0:
+        train.max_iter = epochs_to_iters(epochs, per_epoch)
+    if resolve_period:
+        cfg.prior_hook.period = epochs_to_iters(period_epochs, per_epoch)
+    return per_epoch
 
 
 def check_aux_loss_weights(model):
@@ -129,46 +174,24 @@ def check_aux_loss_weights(model):
         )
 
 
-def _joindet_layout():
-    """The keys of a ``joindet`` section: those of ``prior_settings_from_cfg`` on the yacs defaults
-    (``JOINDET.PRIORS`` / ``NCUT`` / ``SMOOTH`` / ``REFRESH`` with lower-case keys, ``update_period_iters``) plus
-    ``init_source_kwargs``. Returns {key: set of sub-keys, or None for a value or free-form mapping}."""
-    defaults = prior_settings_from_cfg(add_joindet_config(get_cfg()))
-    layout = {k: set(v) if isinstance(v, dict) else None for k, v in defaults.items()}
-    layout["init_source_kwargs"] = None
-    return layout
+def _target_class(node):
+    target = node.get("_target_") if hasattr(node, "get") else None
+    return locate(target) if isinstance(target, str) else target
 
 
-def check_joindet_section(cfg):
-    """Raise ``ValueError`` naming the key when ``cfg.joindet`` lacks a key of the yacs ``JOINDET``
-    prior settings or has an unknown one, a value breaks the rule of its yacs twin in
-    ``joindet.config.CONFIG_RULES`` (``joindet.ncut.tau`` that of ``JOINDET.NCUT.TAU``: type, range, and
-    for ``priors.init_source`` / ``refresh.generator`` the registry), ``priors.init_source`` has no
-    ``init_source_kwargs`` entry, ``priors.eval_dataset`` is not a registered dataset, or the config has
-    no ``dataloader.prior_mapper``."""
-    section = cfg.joindet
-    layout = _joindet_layout()
-    unknown = sorted(set(section) - set(layout))
-    missing = sorted(set(layout) - set(section))
-    if unknown or missing:
-        raise ValueError(f"joindet must have the keys {sorted(layout)}: missing {missing}, unknown {unknown} "
-                         f"(see projects/JoinDet/configs/common/data/pretrain_priors.py)")
-    for group, keys in layout.items():
-        if keys is not None and set(section[group]) != keys:
-            have = set(section[group])
-            raise ValueError(f"joindet.{group} must have the keys {sorted(keys)} (JOINDET.{group.upper()}.* in "
-                             f"lower case): missing {sorted(keys - have)}, unknown {sorted(have - keys)}")
-    for group, keys in layout.items():
-        if group == "init_source_kwargs":  # free-form: each source checks its own arguments
-            continue
-        for key in [group] if keys is None else [f"{group}.{k}" for k in sorted(keys)]:
-            check_config_value(f"JOINDET.{key.upper()}", OmegaConf.select(section, key), shown_as=f"joindet.{key}")
-    name = section.priors.init_source
-    if name not in section.init_source_kwargs:
-        raise ValueError(f"joindet.init_source_kwargs has no entry for the init source {name!r} "
-                         f"(it has {sorted(section.init_source_kwargs)})")
-    if section.priors.eval_dataset:
-        check_dataset_names([section.priors.eval_dataset], "joindet.priors.eval_dataset")
+def check_pretraining_config(cfg):
+    """Raise ``ValueError`` naming the key when a pretraining config (one with ``prior_hook``) lacks a piece:
+    ``prior_hook`` must be an ``L(PriorRefreshHook)``, and ``active_priors`` (an ``L(ActivePriors)``) and
+    ``dataloader.prior_mapper`` must be there. The components check their own arguments when instantiated."""
+    where = "see projects/JoinDet/configs/common/data/pretrain_priors.py"
+    target = _target_class(cfg.prior_hook)
+    if not (isinstance(target, type) and issubclass(target, PriorRefreshHook)):
+        raise ValueError(f"prior_hook must be an L(PriorRefreshHook)(...), got target {target!r} ({where})")
+    if "active_priors" not in cfg:
+        raise ValueError(f"A JoinDet pretraining config needs active_priors, the prior bank folder ({where})")
+    target = _target_class(cfg.active_priors)
+    if not (isinstance(target, type) and issubclass(target, ActivePriors)):
+        raise ValueError(f"active_priors must be an L(ActivePriors)(...), got target {target!r} ({where})")
     if "prior_mapper" not in cfg.dataloader:
         raise ValueError("A JoinDet pretraining config needs dataloader.prior_mapper (the test-time mapper of "
                          "prior generation, see projects/JoinDet/configs/common/data/pretrain_coco.py)")
@@ -185,41 +208,36 @@ def instantiate_with(node, **objects):
     return target(**kwargs, **objects)
 
 
-def build_lazy_prior_source(section, mapper):
-    """The version-0 prior source: ``build_prior_source(section.priors.init_source,
-    **section.init_source_kwargs[init_source])``, plus ``mapper`` (the test-time mapper) for a source
-    that takes one (``ncut_backbone`` runs the model on the images)."""
-    name = section.priors.init_source
-    kwargs = OmegaConf.to_container(section.init_source_kwargs[name], resolve=True)
-    if "mapper" in inspect.signature(PRIOR_SOURCE_REGISTRY.get(name)).parameters:
-        kwargs["mapper"] = mapper
-    return build_prior_source(name, **kwargs)
-
-
 def build_lazy_pretraining(cfg):
-    """The data side of a JoinDet pretraining run (``cfg`` has a checked ``joindet`` section).
+    """The data side of a JoinDet pretraining run (``cfg`` passed :func:`check_pretraining_config`).
 
-    Returns (train loader, PriorRefreshHook): one ``ActivePriors`` of the bank folder goes to
-    ``dataloader.train.mapper`` (a ``JoinDetDatasetMapper``) and to the hook, which also shares the
-    loader's dataset dicts and reads images with ``dataloader.prior_mapper``."""
-    section = cfg.joindet
-    active_priors = ActivePriors(resolve_bank_dir(section.priors.bank_dir, cfg.train.output_dir))
+    Returns (train loader, its sampler, PriorRefreshHook): ``cfg.active_priors``, instantiated once, goes to
+    ``dataloader.train.mapper`` (a ``JoinDetDatasetMapper``) and to ``cfg.prior_hook``, which also shares the
+    loader's dataset dicts and is named after its datasets (part of the version-0 cache key)."""
+    active_priors = instantiate(cfg.active_priors)
     loader_cfg = cfg.dataloader.train
-    names = loader_cfg.dataset.names
-    names = [names] if isinstance(names, str) else list(names)
     dataset_dicts = instantiate(loader_cfg.dataset)
     mapper = instantiate_with(loader_cfg.mapper, active_priors=active_priors)
-    train_loader = instantiate_with(loader_cfg, dataset=dataset_dicts, mapper=mapper)
-    prior_mapper = instantiate(cfg.dataloader.prior_mapper)
-    refresh = build_prior_refresh_hook(
-        active_priors=active_priors,
-        dataset_dicts=dataset_dicts,
-        dataset_name="+".join(names),
-        init_source=build_lazy_prior_source(section, prior_mapper),
-        mapper=prior_mapper,
-        settings=section,
-    )
-    return train_loader, refresh
+    train_loader, sampler = build_lazy_train_loader(cfg, dataset_dicts, mapper)
+    refresh = instantiate_with(cfg.prior_hook, active_priors=active_priors, dataset_dicts=dataset_dicts,
+                               dataset_name="+".join(_train_dataset_names(cfg)))
+    return train_loader, sampler, refresh
+
+
+def build_lazy_train_loader(cfg, dataset=None, mapper=None):
+    """``cfg.dataloader.train`` instantiated (its ``dataset`` and ``mapper`` unless given), reading a
+    :class:`ResumableTrainingSampler` stream with one seed shared by every rank for the stream and the loader
+    (``joindet.engine.common.build_resumable_sampler``, as the yacs route) unless the config names its own
+    ``sampler``. Returns (loader, sampler: None for a sampler of the config's, which a resumed run restarts)."""
+    loader_cfg = cfg.dataloader.train
+    if dataset is None:
+        dataset = instantiate(loader_cfg.dataset)
+    if mapper is None:
+        mapper = instantiate(loader_cfg.mapper)
+    if loader_cfg.get("sampler") is not None:
+        return instantiate_with(loader_cfg, dataset=dataset, mapper=mapper), None
+    sampler, seed = build_resumable_sampler(len(dataset))
+    return instantiate_with(loader_cfg, dataset=dataset, mapper=mapper, sampler=sampler, seed=seed), sampler
 
 
 def build_lazy_model(cfg):
@@ -248,28 +266,27 @@ def do_train(args, cfg):
     (iteration timer, lr schedule, periodic checkpoints, evaluation every ``train.eval_period`` and at
     the end, metric writers). ``args.resume`` continues from the last checkpoint in
     ``train.output_dir``; otherwise ``train.init_checkpoint`` (if any) initialises the model.
-    Pretraining (a ``joindet`` section and a JoinDet model) adds the prior refresh hook before the
+    Pretraining (a ``prior_hook`` and a JoinDet model) adds the prior refresh hook before the
     checkpointer and, on a fresh run, copies the loaded backbone into the frozen embedding encoder.
     Returns the results of the last evaluation."""
     if cfg.train.amp.enabled and torch.device(cfg.train.device).type != "cuda":
         raise ValueError(f"train.amp.enabled needs a CUDA device, but train.device is {cfg.train.device!r}")
-    pretraining = "joindet" in cfg
-    target = cfg.model._target_
-    model_class = locate(target) if isinstance(target, str) else target
-    # checked before the model is built: the JoinDet model reads joindet.priors.* by interpolation
+    pretraining = "prior_hook" in cfg
+    model_class = _target_class(cfg.model)
+    # checked before anything is built
     if pretraining != (isinstance(model_class, type) and issubclass(model_class, JoinDet)):
         raise ValueError(
             f"The model is a {getattr(model_class, '__name__', model_class)} and the config "
-            f"{'has a' if pretraining else 'has no'} joindet section: JoinDet pretraining needs both a JoinDet model "
-            "(common/models/joindet.py) and the prior settings (common/data/pretrain_priors.py); a supervised "
+            f"{'has a' if pretraining else 'has no'} prior_hook: JoinDet pretraining needs both a JoinDet model "
+            "(common/models/joindet.py) and the prior components (common/data/pretrain_priors.py); a supervised "
             "config has neither")
     model = build_lazy_model(cfg)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     if pretraining:
-        train_loader, refresh = build_lazy_pretraining(cfg)
+        train_loader, sampler, refresh = build_lazy_pretraining(cfg)
     else:
-        train_loader, refresh = instantiate(cfg.dataloader.train), None
+        (train_loader, sampler), refresh = build_lazy_train_loader(cfg), None
 
     model = create_ddp_model_any_device(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
@@ -296,7 +313,7 @@ def do_train(args, cfg):
     if refresh is not None:
         insert_prior_hook(hook_list, refresh)
     # last, as in the yacs trainer: the random generators go into checkpoints, SIGTERM saves one and stops
-    hook_list += [RNGStateHook(), PreemptionHook(checkpointer)]
+    hook_list += fault_tolerance_hooks(checkpointer)
     trainer.register_hooks(hook_list)
 
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
@@ -306,6 +323,8 @@ def do_train(args, cfg):
         unwrap_model(model).sync_embed_encoder()
     # A checkpoint stores the iteration that had just finished: a resumed run starts at the next one.
     start_iter = trainer.iter + 1 if resumed else 0
+    # the images of iterations 0 .. start_iter - 1 were read before the interruption
+    skip_consumed(sampler, start_iter, cfg.dataloader.train.total_batch_size)
     trainer.train(start_iter, cfg.train.max_iter)
     return dict(last_results)
 

@@ -6,16 +6,21 @@ import time
 
 import numpy as np
 
+from detectron2.config import configurable
+from detectron2.data import DatasetCatalog
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from ..evaluation.prior_quality import evaluate_priors, format_prior_quality_table
-from ..priors.box_smooth import mean_best_iou, merge_refresh
+from ..priors import defaults as D
+from ..priors.box_smooth import BoxSmoothSettings, mean_best_iou, merge_refresh
 from ..priors.generation import priors_to_arrays, publish_version, shard
-from ..priors.sources import load_or_compute_version0
+from ..priors.refresh import build_refresh_generator, refresh_generator_name
+from ..priors.sources import build_prior_source_from_cfg
+from ..priors.version0 import load_or_compute_version0
 from ..utils.atomic import write_json_atomic
 from ..utils.memory import release_free_heap
-from .trainer import unwrap_model
+from .common import unwrap_model
 
 __all__ = ["PriorRefreshHook"]
 
@@ -30,8 +35,8 @@ class PriorRefreshHook(HookBase):
       (computed by ``init_source``, or reused when the bank holds version 0 of the same settings).
     - every ``period`` iterations (0 = never): the current priors of every image from ``generator`` (a
       refresh generator, :mod:`joindet.priors.refresh`; each process its shard), smoothed with the version
-      in use by the Box Smooth Module (its scores through Soft-NMS when ``soft_nms_sigma`` > 0; an image for
-      which the generator finds nothing keeps its priors),
+      in use by the Box Smooth Module of ``smooth`` (a :class:`BoxSmoothSettings`; an image for which the
+      generator finds nothing keeps its priors),
       written by each process as its shard of the next version, which the main process commits
       (``generation.publish_version``: no process gathers the priors), then made active in every process (and
       so in their data-loader workers).
@@ -40,27 +45,52 @@ class PriorRefreshHook(HookBase):
     - statistics of each version go to the event storage (``priors/*``); with ``eval_dicts`` (a dataset
       with boxes for the same image ids) the prior quality too, a table in the log, and the quality of every
       version of this run in ``<bank>/prior_quality.json``.
+    - a generator that reads the training steps instead of running the model (``rescore_online``: it has
+      ``attach(model)``) is wired to the model by ``before_train``.
+
+    Built from a yacs config by ``PriorRefreshHook(cfg, active_priors=..., dataset_dicts=..., mapper=...)``
+    (``from_config``: the version-0 source and the refresh generator from their registries, the Box Smooth
+    settings, the period ``JOINDET.UPDATE_PERIOD_ITERS``, the prior-quality set ``JOINDET.PRIORS.EVAL_DATASET``),
+    in a LazyConfig by ``L(PriorRefreshHook)(init_source=L(...)(...), generator=L(...)(...), ...)`` whose
+    ``active_priors`` and ``dataset_dicts`` the engine supplies (objects a config does not hold).
     """
 
-    def __init__(self, *, active_priors, dataset_dicts, dataset_name, init_source, generator, period, momentum=0.45,
-                 iou_threshold=0.48, topk=30, soft_nms_sigma=0.0, eval_dicts=None, stats_sample=2000):
+    @configurable
+    def __init__(self, *, active_priors, dataset_dicts, dataset_name, init_source, generator, period=D.REFRESH_PERIOD,
+                 smooth=BoxSmoothSettings(), eval_dicts=None, stats_sample=2000):
+        if not isinstance(smooth, BoxSmoothSettings):
+            raise ValueError(f"smooth must be a BoxSmoothSettings, got {type(smooth).__name__}")
+        if isinstance(period, bool) or int(period) != period or period < 0:
+            raise ValueError(f"the refresh period must be an integer >= 0 (iterations; 0 = never), got {period!r}")
         self.active = active_priors
         self.dataset_dicts = list(dataset_dicts)
         self.dataset_name = dataset_name
         self.init_source = init_source
         self.generator = generator
         self.period = int(period)
-        self.momentum = momentum
-        self.iou_threshold = iou_threshold
-        self.topk = topk
-        self.soft_nms_sigma = soft_nms_sigma
+        self.smooth = smooth
         self.eval_dicts = eval_dicts
         self.stats_sample = stats_sample
         self.quality = []  # [(label, metrics dict)] of every version evaluated in this run
 
+    @classmethod
+    def from_config(cls, cfg, *, active_priors, dataset_dicts, mapper):
+        """``mapper``: the test-time mapper the version-0 source and the refreshes read images with."""
+        eval_name = cfg.JOINDET.PRIORS.EVAL_DATASET
+        return {
+            "active_priors": active_priors,
+            "dataset_dicts": dataset_dicts,
+            "dataset_name": "+".join(cfg.DATASETS.TRAIN),
+            "init_source": build_prior_source_from_cfg(cfg, mapper),
+            "generator": build_refresh_generator(cfg, mapper),
+            "period": cfg.JOINDET.UPDATE_PERIOD_ITERS,
+            "smooth": BoxSmoothSettings(cfg),
+            "eval_dicts": DatasetCatalog.get(eval_name) if eval_name else None,
+        }
+
     @property
     def generator_name(self):
-        return getattr(self.generator, "name", type(self.generator).__name__)
+        return refresh_generator_name(self.generator)
 
     # ------------------------------------------------------------------ checkpointed state
     def state_dict(self):
@@ -110,17 +140,17 @@ class PriorRefreshHook(HookBase):
         previous = self.active.current()
         local = shard(self.dataset_dicts)
         current = self.generator(model, local, previous)
-        smoothed, kept = merge_refresh(previous, current, [d["image_id"] for d in local], momentum=self.momentum,
-                                       iou_threshold=self.iou_threshold, topk=self.topk,
-                                       soft_nms_sigma=self.soft_nms_sigma)
+        smoothed, kept = merge_refresh(previous, current, [d["image_id"] for d in local], self.smooth)
         del current
         shard_arrays = priors_to_arrays(smoothed)  # this rank's shard as arrays, no Python object per image
         del smoothed
         kept = sum(comm.all_gather(kept))
         version = previous.version + 1
         self._publish(version, shard_arrays, {"source": self.generator_name, "iteration": self.trainer.iter + 1,
-                                              "momentum": self.momentum, "iou_threshold": self.iou_threshold,
-                                              "soft_nms_sigma": self.soft_nms_sigma, "images_kept_previous": kept})
+                                              "momentum": self.smooth.momentum,
+                                              "iou_threshold": self.smooth.iou_threshold,
+                                              "soft_nms_sigma": self.smooth.soft_nms_sigma,
+                                              "images_kept_previous": kept})
         del shard_arrays
         self.active.set_version(version)
         logger.info("Prior bank version %d at iteration %d (%s): %.1f s, %d images where nothing was found kept "

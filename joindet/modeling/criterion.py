@@ -149,10 +149,18 @@ class SetCriterion(nn.Module):
         else:
             value = 1.0
         onehot[batch_idx, pred_idx, labels.to(logits.device)] = value
-        loss = sigmoid_focal_loss(
-            logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
-        )
+        weight = self.label_loss_weight(outputs, targets, indices)
+        if weight is None:
+            loss = sigmoid_focal_loss(logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum")
+        else:
+            loss = (sigmoid_focal_loss(logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma,
+                                       reduction="none") * weight[..., None]).sum()
         return {"loss_ce": loss / num_boxes}
+
+    def label_loss_weight(self, outputs, targets, indices: Indices) -> Optional[torch.Tensor]:
+        """A (B, Q) weight of each query's classification terms, or None (all 1). A subclass overrides it
+        (e.g. to drop the no-object terms of some queries)."""
+        return None
 
     def loss_boxes(self, outputs, targets, indices: Indices, num_boxes: float):
         """

@@ -163,9 +163,11 @@ class DeformableDETR(nn.Module):
         }
 
     @classmethod
-    def build_criterion(cls, cfg, extra_weights=None, *, num_classes=None, criterion_class=SetCriterion):
+    def build_criterion(cls, cfg, extra_weights=None, *, num_classes=None, criterion_class=SetCriterion,
+                        **criterion_kwargs):
         """The matcher, loss weights and criterion of ``MODEL.DEFORMABLE_DETR`` (``num_classes``: that of the
-        class head, default ``NUM_CLASSES``; ``extra_weights``: weights of the losses a subclass adds)."""
+        class head, default ``NUM_CLASSES``; ``extra_weights``: weights of the losses a subclass adds;
+        ``criterion_kwargs``: further arguments of ``criterion_class``)."""
         d = cfg.MODEL.DEFORMABLE_DETR
         matcher = HungarianMatcher(
             cost_class=d.COST_CLASS,
@@ -188,6 +190,7 @@ class DeformableDETR(nn.Module):
             weight_dict,
             focal_alpha=d.FOCAL_ALPHA,
             focal_gamma=d.FOCAL_GAMMA,
+            **criterion_kwargs,
         )
 
     @property

@@ -4,11 +4,12 @@ import copy
 
 import torch
 from torch.nn import functional as F
-from torchvision.ops import box_convert
+from torchvision.ops import box_convert, box_iou
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
+from ..priors import defaults as D
 from ..priors.rescore import rescore_quality
 from .criterion import SetCriterion
 from .deformable_detr import DeformableDETR
@@ -57,11 +58,33 @@ def prior_objectness_targets(x, mode):
 class ObjectEmbeddingCriterion(SetCriterion):
     """SetCriterion plus ``loss_embed``: L1 between the predicted embedding of each matched query and
     the embedding of its prior's crop (mean over the embedding dimension, summed over matched pairs,
-    divided by the number of priors). Final decoder layer only; not part of the matching cost."""
+    divided by the number of priors). Final decoder layer only; not part of the matching cost.
 
-    def __init__(self, *args, **kwargs):
+    ``drop_loss_iou`` > 0 turns on CutLER's DropLoss for the priors: a query that is matched to no prior and
+    whose predicted box overlaps no prior of its image at an IoU above ``drop_loss_iou`` gets no no-object
+    term, so that the model is not taught that what the priors lack (an object selective search missed) is
+    background. 0 (the default): every unmatched query is pushed to no-object, as in DETReg."""
+
+    def __init__(self, *args, drop_loss_iou: float = D.DROP_LOSS_IOU, **kwargs):
         super().__init__(*args, losses=("labels", "boxes", "embed"), aux_losses=("labels", "boxes"), **kwargs)
+        if isinstance(drop_loss_iou, bool) or not 0.0 <= float(drop_loss_iou) < 1.0:
+            raise ValueError(f"drop_loss_iou must be in [0, 1), got {drop_loss_iou!r}")
+        self.drop_loss_iou = float(drop_loss_iou)
         self.loss_map["embed"] = self.loss_embed
+
+    def label_loss_weight(self, outputs, targets, indices):
+        """DropLoss (``drop_loss_iou`` > 0): 0 for a query matched to no prior whose box overlaps every prior of
+        its image at IoU <= ``drop_loss_iou``, else 1."""
+        if self.drop_loss_iou <= 0:
+            return None
+        boxes = box_convert(outputs["pred_boxes"].detach(), "cxcywh", "xyxy")  # (B, Q, 4), normalised
+        keep = torch.zeros(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
+        for i, (t, (pred_idx, _)) in enumerate(zip(targets, indices)):
+            if t["boxes"].numel():
+                priors = box_convert(t["boxes"].to(boxes.device, boxes.dtype), "cxcywh", "xyxy")
+                keep[i] = box_iou(boxes[i], priors).amax(dim=1) > self.drop_loss_iou
+            keep[i, pred_idx.to(boxes.device)] = True
+        return keep.to(outputs["pred_logits"].dtype)
 
     def loss_embed(self, outputs, targets, indices, num_boxes):
         batch_idx, src_idx = self._matched(indices)
@@ -85,12 +108,13 @@ class JoinDet(DeformableDETR):
     """
 
     @configurable
-    def __init__(self, *, embed_dim, embed_encoder="backbone", objectness_target="one", **kwargs):
+    def __init__(self, *, embed_dim, embed_encoder="backbone", objectness_target=D.OBJECTNESS_TARGET, **kwargs):
         super().__init__(**kwargs)
         if objectness_target not in OBJECTNESS_TARGETS:
             raise ValueError(f"objectness_target must be one of {OBJECTNESS_TARGETS}, got {objectness_target!r}")
         self.objectness_target = objectness_target
-        self.online_objectness = None  # an OnlineObjectness to record the priors' objectness into (rescore_online)
+        # where training steps record their priors' objectness (set_objectness_recorder; rescore_online)
+        self.objectness_recorder = None
         d_model = self.transformer.d_model
         self.embed_head = MLP(d_model, d_model, embed_dim, 2)
         if embed_encoder == "frozen_copy":
@@ -121,7 +145,8 @@ class JoinDet(DeformableDETR):
     def build_criterion(cls, cfg, extra_weights=None):
         """Deformable DETR's criterion with one class ("object") and ``loss_embed`` (JOINDET.EMBED_LOSS_WEIGHT)."""
         extra = {"loss_embed": cfg.JOINDET.EMBED_LOSS_WEIGHT, **(extra_weights or {})}
-        return super().build_criterion(cfg, extra, num_classes=1, criterion_class=ObjectEmbeddingCriterion)
+        return super().build_criterion(cfg, extra, num_classes=1, criterion_class=ObjectEmbeddingCriterion,
+                                       drop_loss_iou=cfg.JOINDET.DROP_LOSS_IOU)
 
     def _encoder(self):
         return self.backbone if self.embed_encoder is None else self.embed_encoder
@@ -150,14 +175,20 @@ class JoinDet(DeformableDETR):
         encoder.train(was_training)
         return feats
 
+    def set_objectness_recorder(self, recorder):
+        """From now on every training step records its priors' objectness into ``recorder`` (an
+        :class:`joindet.priors.online.OnlineObjectness`, or None to stop): the refresh hook wires the recorder of
+        a generator that reads the training steps (``rescore_online``) here before training."""
+        self.objectness_recorder = recorder
+
     def losses(self, outputs, targets, batched_inputs):
-        if self.online_objectness is not None:
+        if self.objectness_recorder is not None:
             self.record_objectness(outputs, targets, batched_inputs)
         return super().losses(outputs, targets, batched_inputs)
 
     @torch.no_grad()
     def record_objectness(self, outputs, targets, batched_inputs):
-        """Add each image's view to ``online_objectness``: per prior, its quality (``online_objectness.quality``,
+        """Add each image's view to ``objectness_recorder``: per prior, its quality (``objectness_recorder.quality``,
         :func:`joindet.priors.rescore.rescore_quality`) in the augmented image (what the ``rescore`` generator
         computes on the unaugmented one)."""
         prob = outputs["pred_logits"].sigmoid().amax(-1)  # (N, Q)
@@ -168,8 +199,8 @@ class JoinDet(DeformableDETR):
                 raise ValueError(f"rescore_online records the objectness of each prior, and training input "
                                  f"{x.get('file_name')} lacks {missing} (JoinDetDatasetMapper adds them)")
             priors = box_convert(t["boxes"], "cxcywh", "xyxy")
-            quality = rescore_quality(priors, boxes[i], prob[i], self.online_objectness.quality)
-            self.online_objectness.record(x["image_id"], x["prior_version"], x["num_priors"],
+            quality = rescore_quality(priors, boxes[i], prob[i], self.objectness_recorder.quality)
+            self.objectness_recorder.record(x["image_id"], x["prior_version"], x["num_priors"],
                                           x["instances"].gt_prior_index.numpy(), quality.float().cpu().numpy())
 
     def forward_outputs(self, images, mask):

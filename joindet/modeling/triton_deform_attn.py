@@ -61,6 +61,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .deform_attn_layout import check_deform_attn_inputs
+
 try:  # keep the project importable without triton
     import triton
     import triton.language as tl
@@ -325,8 +327,6 @@ def _check_inputs(value: Tensor, spatial_shapes, sampling_locations: Tensor,
                   attention_weights: Tensor) -> List[List[int]]:
     """Validate the layout as :func:`ms_deform_attn_core` does, and the dtypes and devices the kernels
     take; return the ``(H, W)`` pairs."""
-    from .deformable_attention import check_deform_attn_inputs
-
     shapes = check_deform_attn_inputs(value, spatial_shapes, sampling_locations, attention_weights)
     for name, t in (("value", value), ("sampling_locations", sampling_locations),
                     ("attention_weights", attention_weights)):

@@ -34,6 +34,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..utils.atomic import fsync_dir
+from ..utils.process import pid_alive
 
 __all__ = ["PriorBank", "PriorVersion", "FILTER_REASONS", "check_priors", "usable_priors"]
 
@@ -441,15 +442,7 @@ class PriorBank:
 
 
 def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # this process is not writing while it recovers
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid != os.getpid() and pid_alive(pid)  # this process is not writing while it recovers
 
 
 def _validate_arrays(image_ids, boxes, scores, offsets):

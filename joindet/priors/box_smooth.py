@@ -3,22 +3,71 @@ Box Smooth Module (JoinDet supplement, sections 2.1-2.2).
 
 Merges the precedent object priors (the supervision in use, "old") with the priors the model has
 just generated ("new") into the next supervision, by IoU clustering between the two sets and
-momentum-weighted averaging (DESIGN.md, "Box Smooth Module"). :func:`smooth_priors_batched` does it
-for a whole bank version at once; :func:`smooth_priors` for one image.
+momentum-weighted averaging (docs/design.md, "Box Smooth Module"). :func:`smooth_priors_batched` does it
+for a whole bank version at once; :func:`smooth_priors` for one image. Every function takes the module's
+settings as one :class:`BoxSmoothSettings` (m_s, the clustering threshold, K, the Soft-NMS sigma).
 """
-
+import dataclasses
 from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+from detectron2.config import configurable
+
+from . import defaults as D
 from .bank import check_priors
 
-__all__ = ["smooth_priors", "smooth_priors_batched", "soft_nms_scores", "smooth_prior_lists", "smooth_version_arrays",
-           "merge_refresh", "check_smooth_settings", "mean_best_iou"]
+__all__ = ["BoxSmoothSettings", "smooth_priors", "smooth_priors_batched", "soft_nms_scores", "smooth_prior_lists",
+           "smooth_version_arrays", "merge_refresh", "mean_best_iou"]
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxSmoothSettings:
+    """The settings of the Box Smooth Module, checked once when made (their defaults: :mod:`joindet.priors.defaults`).
+
+    Attributes:
+        momentum: m_s in [0, 1], the share of the precedent priors (``JOINDET.SMOOTH.MOMENTUM``).
+        iou_threshold: the clustering IoU threshold in (0, 1) (``JOINDET.SMOOTH.IOU_THRESHOLD``).
+        topk: K >= 1, the priors kept per image (``JOINDET.PRIORS.TOPK``).
+        soft_nms_sigma: >= 0, Gaussian Soft-NMS of the merged scores; 0 = none, the paper's module
+            (``JOINDET.SMOOTH.SOFT_NMS_SIGMA``).
+
+    Built from a yacs config as ``BoxSmoothSettings(cfg)`` (``from_config``), in a LazyConfig as
+    ``L(BoxSmoothSettings)(momentum=...)``.
+    """
+
+    momentum: float = D.SMOOTH_MOMENTUM
+    iou_threshold: float = D.SMOOTH_IOU_THRESHOLD
+    topk: int = D.TOPK
+    soft_nms_sigma: float = D.SMOOTH_SOFT_NMS_SIGMA
+
+    def __post_init__(self):
+        momentum, iou_threshold, topk, sigma = self.momentum, self.iou_threshold, self.topk, self.soft_nms_sigma
+        if not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        if not 0.0 < float(iou_threshold) < 1.0:
+            raise ValueError(f"iou_threshold must be in (0, 1), got {iou_threshold}")
+        if isinstance(topk, bool) or int(topk) != topk or topk < 1:
+            raise ValueError(f"topk must be an integer >= 1, got {topk}")
+        if not float(sigma) >= 0.0:
+            raise ValueError(f"soft_nms_sigma must be >= 0 (0 = no Soft-NMS), got {sigma}")
+        for name, value in (("momentum", float(momentum)), ("iou_threshold", float(iou_threshold)),
+                            ("topk", int(topk)), ("soft_nms_sigma", float(sigma))):
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_config(cls, cfg):
+        s = cfg.JOINDET.SMOOTH
+        return {"momentum": s.MOMENTUM, "iou_threshold": s.IOU_THRESHOLD, "topk": cfg.JOINDET.PRIORS.TOPK,
+                "soft_nms_sigma": s.SOFT_NMS_SIGMA}
+
+
+BoxSmoothSettings.__init__ = configurable(BoxSmoothSettings.__init__)  # BoxSmoothSettings(cfg) from a yacs config
+_DEFAULT = BoxSmoothSettings()
 
 
 def _work_dtype(device: torch.device) -> torch.dtype:
@@ -119,17 +168,14 @@ def smooth_priors_batched(
     new_boxes: torch.Tensor,
     new_scores: torch.Tensor,
     new_counts: torch.Tensor,
-    momentum: float = 0.45,
-    iou_threshold: float = 0.48,
-    topk: int = 30,
+    settings: BoxSmoothSettings = _DEFAULT,
     chunk_images: int = 4096,
-    soft_nms_sigma: float = 0.0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """
     The Box Smooth Module for many images at once (no Python loop over images or boxes).
 
     Each set is in a flat layout: the boxes of image 0, then of image 1, ...; ``*_counts`` (N,) gives
-    the boxes per image (the same N images in both sets). Definition, per image, with m = ``momentum``:
+    the boxes per image (the same N images in both sets). Definition, per image, with m = ``settings.momentum``:
 
     1. A precedent box weighs w = m * score, a current box w = (1 - m) * score; boxes with w <= 0 take no
        part (so m = 0 gives exactly the current priors, m = 1 exactly the precedent ones).
@@ -140,7 +186,7 @@ def smooth_priors_batched(
        m * (its precedent box's score) + (1 - m) * (mean score of its current members), a side without
        members contributing 0: a prior the model stops finding fades geometrically, a new one enters at
        (1 - m) of its score.
-    3b. With ``soft_nms_sigma`` > 0 (0, the default, is the paper's module): the cluster scores of each image
+    3b. With ``settings.soft_nms_sigma`` > 0 (0, the default, is the paper's module): the cluster scores of each image
        go through Gaussian Soft-NMS (:func:`soft_nms_scores`), so that a cluster duplicating a higher-scored
        one ranks lower; no box is removed or moved.
     4. The ``topk`` clusters with the highest scores of each image are kept, sorted by descending score
@@ -149,12 +195,13 @@ def smooth_priors_batched(
     Args:
         old_boxes (P, 4), old_scores (P,), old_counts (N,): the precedent priors, XYXY absolute.
         new_boxes (Q, 4), new_scores (Q,), new_counts (N,): the current priors.
-        momentum, iou_threshold, topk: m_s in [0, 1], the threshold in (0, 1), K >= 1.
+        settings: m_s, the clustering threshold, K and the Soft-NMS sigma (step 3b).
         chunk_images: images per block of the IoU computation (bounds memory at chunk * Kn * Ko).
-        soft_nms_sigma: >= 0; 0 = no Soft-NMS (step 3b).
     Returns boxes (R, 4), scores (R,) and counts (N,) in the same flat layout, in the work dtype of the
     inputs (call with float64 for bit-exact singleton boxes).
     """
+    momentum, iou_threshold, topk, soft_nms_sigma = (settings.momentum, settings.iou_threshold, settings.topk,
+                                                     settings.soft_nms_sigma)
     device = old_boxes.device
     num_images = old_counts.numel()
     if new_counts.numel() != num_images:
@@ -228,10 +275,7 @@ def smooth_priors(
     old_scores: ArrayLike,
     new_boxes: ArrayLike,
     new_scores: ArrayLike,
-    momentum: float = 0.45,
-    iou_threshold: float = 0.48,
-    topk: int = 30,
-    soft_nms_sigma: float = 0.0,
+    settings: BoxSmoothSettings = _DEFAULT,
 ) -> Tuple[ArrayLike, ArrayLike]:
     """
     Merge the precedent priors of one image with its current priors (the Box Smooth Module, as defined
@@ -242,17 +286,13 @@ def smooth_priors(
         old_scores: (n_old,) their scores.
         new_boxes: (n_new, 4) XYXY absolute coordinates of the current priors.
         new_scores: (n_new,) their scores. Either set may be empty.
-        momentum: m_s in [0, 1], the share of the precedent priors.
-        iou_threshold: clustering IoU threshold in (0, 1).
-        topk: the maximum number of priors returned (>= 1).
-        soft_nms_sigma: Soft-NMS of the merged scores (>= 0; 0 = none).
+        settings: m_s, the clustering threshold, K (the most priors returned) and the Soft-NMS sigma.
 
     Returns:
-        boxes (k, 4) and scores (k,), k <= topk, sorted by descending score: numpy float32 arrays
+        boxes (k, 4) and scores (k,), k <= K, sorted by descending score: numpy float32 arrays
         when all inputs are numpy (or lists), otherwise torch tensors on the inputs' device with the
         boxes' floating dtype (float32 for integer input). Computed in float64 internally.
     """
-    momentum, iou_threshold, topk, soft_nms_sigma = check_smooth_settings(momentum, iou_threshold, topk, soft_nms_sigma)
     inputs = (old_boxes, old_scores, new_boxes, new_scores)
     tensors = [x for x in inputs if isinstance(x, torch.Tensor)]
     return_torch = len(tensors) > 0
@@ -272,8 +312,7 @@ def smooth_priors(
     )
     counts = lambda n: torch.tensor([n], dtype=torch.long, device=device)  # noqa: E731
     out_boxes, out_scores, _ = smooth_priors_batched(
-        ob, os_, counts(ob.shape[0]), nb, ns, counts(nb.shape[0]),
-        momentum=momentum, iou_threshold=iou_threshold, topk=topk, soft_nms_sigma=soft_nms_sigma)
+        ob, os_, counts(ob.shape[0]), nb, ns, counts(nb.shape[0]), settings)
     if return_torch:
         return out_boxes.to(out_dtype), out_scores.to(out_dtype)
     return (
@@ -289,21 +328,18 @@ def smooth_version_arrays(
     new_boxes: np.ndarray,
     new_scores: np.ndarray,
     new_offsets: np.ndarray,
-    momentum: float = 0.45,
-    iou_threshold: float = 0.48,
-    topk: int = 30,
+    settings: BoxSmoothSettings = _DEFAULT,
     chunk_images: int = 16384,
-    soft_nms_sigma: float = 0.0,
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The Box Smooth Module over a whole bank version in the bank's own layout (numpy, float32 boxes,
     ``offsets`` (num_images + 1,) as in ``PriorVersion``), for the same images in both sets.
 
     Blocks of ``chunk_images`` images go through :func:`smooth_priors_batched` (float64) one after the
     other, so the working memory is that of one block, whatever the size of the version; the result is
-    written into arrays of at most ``num_images x topk`` rows. No Python call per image.
+    written into arrays of at most ``num_images x settings.topk`` rows. No Python call per image.
     Returns (boxes (R, 4) float32, scores (R,) float32, offsets (num_images + 1,) int64).
     """
-    momentum, iou_threshold, topk, soft_nms_sigma = check_smooth_settings(momentum, iou_threshold, topk, soft_nms_sigma)
+    topk = settings.topk
     old_offsets, new_offsets = np.asarray(old_offsets, np.int64), np.asarray(new_offsets, np.int64)
     if old_offsets.shape != new_offsets.shape or old_offsets.ndim != 1 or old_offsets.size < 1:
         raise ValueError(f"old_offsets {old_offsets.shape} and new_offsets {new_offsets.shape} must both be "
@@ -324,8 +360,7 @@ def smooth_version_arrays(
         nb, ns = check_priors(torch.as_tensor(new_boxes[n], dtype=torch.float64),
                               torch.as_tensor(new_scores[n], dtype=torch.float64), "the new priors", valid=True)
         boxes, scores, counts = smooth_priors_batched(
-            ob, os_, torch.as_tensor(old_counts[lo:hi]), nb, ns, torch.as_tensor(new_counts[lo:hi]),
-            momentum=momentum, iou_threshold=iou_threshold, topk=topk, soft_nms_sigma=soft_nms_sigma)
+            ob, os_, torch.as_tensor(old_counts[lo:hi]), nb, ns, torch.as_tensor(new_counts[lo:hi]), settings)
         k = boxes.shape[0]
         out_boxes[row:row + k] = boxes.numpy()
         out_scores[row:row + k] = scores.numpy()
@@ -338,10 +373,7 @@ def smooth_version_arrays(
 def smooth_prior_lists(
     old: Sequence[Tuple[np.ndarray, np.ndarray]],
     new: Sequence[Tuple[np.ndarray, np.ndarray]],
-    momentum: float = 0.45,
-    iou_threshold: float = 0.48,
-    topk: int = 30,
-    soft_nms_sigma: float = 0.0,
+    settings: BoxSmoothSettings = _DEFAULT,
 ) -> List[Tuple[np.ndarray, np.ndarray]]:
     """:func:`smooth_version_arrays` over aligned per-image lists of (boxes (k, 4), scores (k,)) numpy pairs
     (precedent and current priors of the same images); returns float32 pairs per image."""
@@ -356,35 +388,21 @@ def smooth_prior_lists(
             return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), offsets
         return np.concatenate(boxes), np.concatenate(scores), offsets
 
-    boxes, scores, offsets = smooth_version_arrays(*flat(old), *flat(new), momentum=momentum,
-                                                   iou_threshold=iou_threshold, topk=topk, soft_nms_sigma=soft_nms_sigma)
+    boxes, scores, offsets = smooth_version_arrays(*flat(old), *flat(new), settings)
     return [(boxes[a:b], scores[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
 
 
-def merge_refresh(previous, current, image_ids, momentum=0.45, iou_threshold=0.48, topk=30, soft_nms_sigma=0.0):
+def merge_refresh(previous, current, image_ids, settings: BoxSmoothSettings = _DEFAULT):
     """What a refresh publishes for ``image_ids``: the precedent priors (``previous.get(id)``) smoothed
-    with the current ones (``current[id]``), except that an image for which the generator found nothing (no
-    boxes, or no entry: an image the mapper could not read, or one no training view showed)
-    keeps its precedent priors unchanged. Returns (dict image_id -> (boxes, scores), images kept)."""
+    with the current ones (``current[id]``) by the Box Smooth Module of ``settings``, except that an image for
+    which the generator found nothing (no boxes, or no entry: an image the mapper could not read, or one no
+    training view showed) keeps its precedent priors unchanged. Returns (dict image_id -> (boxes, scores),
+    images kept)."""
     found = [i for i in image_ids if i in current and len(current[i][0]) > 0]
-    merged = smooth_prior_lists([previous.get(i) for i in found], [current[i] for i in found], momentum=momentum,
-                                iou_threshold=iou_threshold, topk=topk, soft_nms_sigma=soft_nms_sigma)
+    merged = smooth_prior_lists([previous.get(i) for i in found], [current[i] for i in found], settings)
     out = {i: previous.get(i) for i in image_ids}
     out.update(zip(found, merged))
     return out, len(image_ids) - len(found)
-
-
-def check_smooth_settings(momentum, iou_threshold, topk, soft_nms_sigma=0.0) -> Tuple[float, float, int, float]:
-    """Validate m_s, the clustering threshold, K and the Soft-NMS sigma; returns them as (float, float, int, float)."""
-    if not 0.0 <= float(momentum) <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-    if not 0.0 < float(iou_threshold) < 1.0:
-        raise ValueError(f"iou_threshold must be in (0, 1), got {iou_threshold}")
-    if isinstance(topk, bool) or int(topk) != topk or topk < 1:
-        raise ValueError(f"topk must be an integer >= 1, got {topk}")
-    if not float(soft_nms_sigma) >= 0.0:
-        raise ValueError(f"soft_nms_sigma must be >= 0 (0 = no Soft-NMS), got {soft_nms_sigma}")
-    return float(momentum), float(iou_threshold), int(topk), float(soft_nms_sigma)
 
 
 def mean_best_iou(boxes_a: ArrayLike, boxes_b: ArrayLike) -> float:

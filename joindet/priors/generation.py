@@ -13,6 +13,7 @@ from detectron2.data.common import ToIterableDataset
 from detectron2.utils import comm
 
 from ..utils.progress import log_progress
+from . import defaults as D
 from .bank import FILTER_REASONS, check_priors, usable_priors
 from .ncut import priors_from_features
 
@@ -153,8 +154,9 @@ def run_over_images(model, dataset_dicts, mapper, fn, *, batch_size=4, num_worke
     return local
 
 
-def generate_ncut_priors(model, dataset_dicts, mapper, feature_fn, *, batch_size=4, num_workers=0, tau=0.2,
-                         eps=1e-5, num_rounds=3, topk=30, nms_threshold=0.7, center=False, solver="lanczos"):
+def generate_ncut_priors(model, dataset_dicts, mapper, feature_fn, *, batch_size=D.NCUT_BATCH_SIZE, num_workers=0,
+                         tau=D.NCUT_TAU, eps=D.NCUT_EPS, num_rounds=D.NCUT_NUM_ROUNDS, topk=D.TOPK,
+                         nms_threshold=D.NCUT_NMS_THRESHOLD, center=D.NCUT_CENTER, solver=D.NCUT_SOLVER):
     """Priors for every image of ``dataset_dicts`` from NCut on the patch features ``feature_fn`` returns.
 
     Args:

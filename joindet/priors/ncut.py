@@ -1,6 +1,6 @@
 """Object priors from the eigen attention map (Normalized Cut on encoder patch features).
 
-Supplement section 4 / DESIGN.md section 1 "Object priors from the model's own encoder":
+Supplement section 4 / docs/design.md, "Eigen attention map":
 
 1. affinity ``U_ij = 1 if cos(f_i, f_j) >= tau else eps`` over the patches of one image (Eq. 1);
 2. the second-smallest generalised eigenvector ``y1`` of ``(D - U) y = lambda D y`` (Eq. 4), solved
@@ -304,7 +304,7 @@ def border_of_valid(valid_mask: torch.Tensor) -> torch.Tensor:
 
 
 def fix_sign(y: torch.Tensor, valid: torch.Tensor, border: torch.Tensor) -> torch.Tensor:
-    """Orient eigenvectors so that ``y > mean`` is the foreground (DESIGN.md step 4).
+    """Orient eigenvectors so that ``y > mean`` is the foreground (docs/design.md, "Eigen attention map", step 4).
 
     The rule, per graph, with means taken over valid nodes only:
 

@@ -1,9 +1,11 @@
 """Version-0 priors from NCut: on the (frozen, pretrained) backbone's features, or on the image's colours."""
 import numpy as np
 import torch
+from detectron2.config import configurable
 from torch.nn import functional as F
 
 from ..data.image_io import SkippedImages, UnusableImage, read_image
+from . import defaults as D
 from .generation import generate_ncut_priors
 from .ncut import priors_from_features
 from .sources import register_prior_source
@@ -16,8 +18,10 @@ class NCutBackboneSource:
     """NCut priors on a backbone feature map (``res4`` by default) of the model passed at call time:
     the natural version 0 with a pretrained (e.g. SwAV) backbone, before the encoder has learned."""
 
-    def __init__(self, *, mapper, feature="res4", weights="", batch_size=4, tau=0.2, eps=1e-5, num_rounds=3,
-                 topk=30, nms_threshold=0.7, center=False, solver="lanczos"):
+    @configurable
+    def __init__(self, *, mapper, feature=D.NCUT_BACKBONE_FEATURE, weights="", batch_size=D.NCUT_BATCH_SIZE,
+                 tau=D.NCUT_TAU, eps=D.NCUT_EPS, num_rounds=D.NCUT_NUM_ROUNDS, topk=D.TOPK,
+                 nms_threshold=D.NCUT_NMS_THRESHOLD, center=D.NCUT_CENTER, solver=D.NCUT_SOLVER):
         self.mapper = mapper
         self.feature = feature
         self.weights = weights
@@ -26,7 +30,7 @@ class NCutBackboneSource:
                          center=center, solver=solver)
 
     @classmethod
-    def from_config(cls, cfg, mapper):
+    def from_config(cls, cfg, mapper=None):
         n = cfg.JOINDET.NCUT
         return {"mapper": mapper, "feature": n.BACKBONE_FEATURE, "weights": cfg.MODEL.WEIGHTS,
                 "batch_size": n.BATCH_SIZE, "tau": n.TAU, "eps": n.EPS, "num_rounds": n.NUM_ROUNDS,
@@ -50,12 +54,15 @@ class NCutBackboneSource:
 @register_prior_source("ncut_color")
 class NCutColorSource:
     """NCut on the image's own patch-mean colours (no model): a version 0 that sees the image, for set-ups
-    with no pretrained backbone (DESIGN.md section 5). RGB vectors are all close in angle, hence a tau near 1.
+    with no pretrained backbone (docs/design.md, "Version 0 without a pretrained backbone"). RGB vectors are all
+    close in angle, hence a tau near 1.
     An unusable image (``joindet.data.image_io.read_image`` raises ``UnusableImage``) gets no priors; the skips
     are counted by reason in ``last_skipped`` (:class:`SkippedImages` of the last call), logged as they happen
     and summarised at the end of the pass."""
 
-    def __init__(self, *, patch=8, tau=0.99, eps=1e-5, num_rounds=3, topk=30, nms_threshold=0.7, solver="lanczos"):
+    @configurable
+    def __init__(self, *, patch=D.NCUT_COLOR_PATCH, tau=D.NCUT_COLOR_TAU, eps=D.NCUT_EPS, num_rounds=D.NCUT_NUM_ROUNDS,
+                 topk=D.TOPK, nms_threshold=D.NCUT_NMS_THRESHOLD, solver=D.NCUT_SOLVER):
         if patch < 1:
             raise ValueError(f"patch must be >= 1, got {patch}")
         self.patch = int(patch)

@@ -10,11 +10,15 @@ the box inside the image. Coordinates are continuous (float32), not rounded to p
 on ``(seed, image_id)``: not on the dataset's order or size, nor on which process draws them.
 """
 import numbers
-from typing import Union
+from typing import Any, Dict, Sequence, Union
 
 import numpy as np
+from detectron2.config import configurable
 
-__all__ = ["random_crop_boxes", "image_rng"]
+from . import defaults as D
+from .sources import PriorList, _check_dataset_dicts, register_prior_source
+
+__all__ = ["random_crop_boxes", "image_rng", "RandomCropSource"]
 
 
 def _check_frac(min_frac, max_frac):
@@ -86,3 +90,58 @@ def random_crop_boxes(
     boxes[:, 2] = np.minimum(boxes[:, 2], width)  # guard against rounding past the border
     boxes[:, 3] = np.minimum(boxes[:, 3], height)
     return boxes.astype(np.float32)
+
+
+@register_prior_source("random_crops")
+class RandomCropSource:
+    """
+    Random crop priors (UP-DETR-like): ``random_crop_boxes(height, width, topk, image_rng(seed,
+    image_id), min_frac, max_frac)`` per image, from the dicts' sizes (no image is read).
+
+    Scores are all 1.0: random crops carry no ranking, and equal scores keep the Box Smooth
+    Module and any top-K selection from favouring some crops by chance.
+
+    Args:
+        topk: boxes per image.
+        seed: the base seed; an image's boxes depend only on (seed, image_id).
+        min_frac, max_frac: the range of a box side as a fraction of the image side.
+    """
+
+    @configurable
+    def __init__(self, topk: int = D.TOPK, seed: int = D.RANDOM_CROPS_SEED, min_frac: float = 0.1,
+                 max_frac: float = 0.8):
+        if isinstance(topk, bool) or not isinstance(topk, numbers.Integral) or topk < 1:
+            raise ValueError(f"topk must be an integer >= 1, got {topk!r}")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        self.topk, self.seed = int(topk), int(seed)
+        self.min_frac, self.max_frac = _check_frac(min_frac, max_frac)
+
+    @classmethod
+    def from_config(cls, cfg, mapper=None) -> Dict[str, Any]:
+        return {"topk": cfg.JOINDET.PRIORS.TOPK, "seed": cfg.JOINDET.PRIORS.SEED}
+
+    def cache_key(self) -> Dict[str, Any]:
+        return {"topk": self.topk, "seed": self.seed, "min_frac": self.min_frac,
+                "max_frac": self.max_frac, "impl": 1}
+
+    def __repr__(self) -> str:
+        return (f"RandomCropSource(topk={self.topk}, seed={self.seed}, "
+                f"min_frac={self.min_frac}, max_frac={self.max_frac})")
+
+    def __call__(self, dataset_dicts: Sequence[dict], model=None) -> PriorList:
+        """
+        Args:
+            dataset_dicts: dicts with ``height``, ``width`` and integer ``image_id``.
+            model: unused.
+
+        Returns:
+            per image: boxes float32 (topk, 4) XYXY absolute and scores float32 (topk,) all 1.0.
+        """
+        _check_dataset_dicts(dataset_dicts, ["height", "width", "image_id"])
+        results = []
+        for d in dataset_dicts:
+            rng = image_rng(self.seed, d["image_id"])
+            boxes = random_crop_boxes(d["height"], d["width"], self.topk, rng, self.min_frac, self.max_frac)
+            results.append((boxes, np.ones((self.topk,), np.float32)))
+        return results

@@ -1,6 +1,8 @@
 """Refresh generators: the "current priors" of a prior refresh, read from the model being trained.
 
-Each generator is registered by name (``JOINDET.REFRESH.GENERATOR``) and called by the refresh hook on
+Each generator is a class registered by name (``JOINDET.REFRESH.GENERATOR``), built from a yacs config with
+Detectron2's ``@configurable`` (``cls(cfg, mapper=...)``, its ``from_config`` reading its keys) and in a
+LazyConfig with ``L(cls)(...)``, and called by the refresh hook on
 every process's shard as ``generator(model, dataset_dicts, previous)`` (``previous``: the
 ``PriorVersion`` in use), returning ``{image_id: (boxes (k, 4) float32 XYXY in original pixels,
 scores (k,) float32)}``. What it returns goes through the Box Smooth Module against ``previous``; an
@@ -21,21 +23,24 @@ backbone) are version-0 sources, not refreshes.
   keeps its priors. Only inside a training run (the refresh hook attaches the recorder to the model); the
   records are not checkpointed, so the first refresh after a resume sees only the views since the resume.
 """
+import inspect
 from typing import Dict, Tuple
 
 import numpy as np
 import torch
 from torchvision.ops import nms
 
+from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 
+from . import defaults as D
 from .generation import center_features, generate_ncut_priors, run_over_images
-from .ncut import eigen_attention_map
+from .ncut import _check_graph_args, _check_prior_args, eigen_attention_map
 from .online import OnlineObjectness
 from .rescore import DEFAULT_RESCORE_QUALITY, rescore_quality
-from .sources import register_by_name
+from ..utils.registry import register_by_name
 
-__all__ = ["REFRESH_GENERATOR_REGISTRY", "build_refresh_generator", "box_mean_of_map"]
+__all__ = ["REFRESH_GENERATOR_REGISTRY", "build_refresh_generator", "refresh_generator_name", "box_mean_of_map"]
 
 REFRESH_GENERATOR_REGISTRY = Registry("JOINDET_REFRESH_GENERATOR")
 REFRESH_GENERATOR_REGISTRY.__doc__ = "Refresh generators by name: JOINDET.REFRESH.GENERATOR."
@@ -43,41 +48,67 @@ REFRESH_GENERATOR_REGISTRY.__doc__ = "Refresh generators by name: JOINDET.REFRES
 Priors = Dict[int, Tuple[np.ndarray, np.ndarray]]
 
 
-def build_refresh_generator(settings, mapper):
-    """The generator named ``settings["refresh"]["generator"]``, its arguments read by the class's
-    ``from_settings(settings, mapper)`` from the prior settings (``prior_settings_from_cfg`` of a yacs cfg,
-    or a LazyConfig's ``joindet`` section); ``mapper``: the test-time mapper the images are read with."""
-    name = settings["refresh"]["generator"]
+def build_refresh_generator(cfg, mapper):
+    """The generator named ``JOINDET.REFRESH.GENERATOR``, built from the yacs ``cfg`` by its class's
+    ``from_config``; ``mapper``: the test-time mapper the images are read with."""
+    name = cfg.JOINDET.REFRESH.GENERATOR
     if name not in REFRESH_GENERATOR_REGISTRY:
         raise ValueError(f"JOINDET.REFRESH.GENERATOR: unknown refresh generator {name!r}; registered: "
                          f"{sorted(n for n, _ in REFRESH_GENERATOR_REGISTRY)}")
-    cls = REFRESH_GENERATOR_REGISTRY.get(name)
-    generator = cls(**cls.from_settings(settings, mapper))
-    generator.name = name
-    return generator
+    return REFRESH_GENERATOR_REGISTRY.get(name)(cfg, mapper=mapper)
+
+
+def refresh_generator_name(generator) -> str:
+    """The name ``generator``'s class is registered under (what a bank version records as its source), else
+    its ``name`` attribute or its class name."""
+    for name, cls in REFRESH_GENERATOR_REGISTRY:
+        if type(generator) is cls:
+            return name
+    return getattr(generator, "name", type(generator).__name__)
 
 
 def _register(name):
     return register_by_name(REFRESH_GENERATOR_REGISTRY, name, "refresh generator")
 
 
-def _ncut_settings(settings):
-    n, p = settings["ncut"], settings["priors"]
-    return {"tau": n["tau"], "eps": n["eps"], "num_rounds": n["num_rounds"], "nms_threshold": n["nms_thresh"],
-            "center": n["center"], "topk": p["topk"], "solver": n["solver"]}
+def _ncut_args(cfg):
+    n = cfg.JOINDET.NCUT
+    return {"tau": n.TAU, "eps": n.EPS, "num_rounds": n.NUM_ROUNDS, "nms_threshold": n.NMS_THRESH,
+            "center": n.CENTER, "topk": cfg.JOINDET.PRIORS.TOPK, "solver": n.SOLVER}
+
+
+_NCUT_ARGS = ("tau", "eps", "num_rounds", "topk", "nms_threshold", "center", "solver")
+
+
+def _check_ncut_args(ncut):
+    """Refuse, when a generator is made, NCut arguments that :func:`generate_ncut_priors` would refuse at the
+    first refresh: an unknown name, or a value out of range (those not given take its defaults)."""
+    unknown = sorted(set(ncut) - set(_NCUT_ARGS))
+    if unknown:
+        raise TypeError(f"unknown NCut argument(s) {unknown}; the NCut arguments are {list(_NCUT_ARGS)}")
+    args = {k: p.default for k, p in inspect.signature(generate_ncut_priors).parameters.items() if k in _NCUT_ARGS}
+    args.update(ncut)
+    _check_graph_args(torch.zeros((1, 1, 1, 1)), args["tau"], args["eps"], None)
+    _check_prior_args([[1.0, 1.0]], 1, args["num_rounds"], args["topk"], args["nms_threshold"], 1)
+    if args["solver"] not in ("lanczos", "dense"):
+        raise ValueError(f"solver must be 'lanczos' or 'dense', got {args['solver']!r}")
 
 
 @_register("ncut_encoder")
 class NCutEncoderGenerator:
-    """NCut priors on one level of the encoder's output (the paper's refresh)."""
+    """NCut priors on one level of the encoder's output (the paper's refresh). ``ncut``: the NCut arguments of
+    :func:`joindet.priors.generation.generate_ncut_priors` (``tau``, ``eps``, ``num_rounds``, ``topk``,
+    ``nms_threshold``, ``center``, ``solver``); one left out takes that function's default."""
 
-    def __init__(self, *, mapper, feature_level=-1, batch_size=4, **ncut):
+    @configurable
+    def __init__(self, *, mapper, feature_level=D.NCUT_FEATURE_LEVEL, batch_size=D.NCUT_BATCH_SIZE, **ncut):
+        _check_ncut_args(ncut)
         self.mapper, self.feature_level, self.batch_size, self.ncut = mapper, feature_level, batch_size, ncut
 
     @classmethod
-    def from_settings(cls, settings, mapper):
-        return {"mapper": mapper, "feature_level": settings["ncut"]["feature_level"],
-                "batch_size": settings["ncut"]["batch_size"], **_ncut_settings(settings)}
+    def from_config(cls, cfg, mapper=None):
+        return {"mapper": mapper, "feature_level": cfg.JOINDET.NCUT.FEATURE_LEVEL,
+                "batch_size": cfg.JOINDET.NCUT.BATCH_SIZE, **_ncut_args(cfg)}
 
     def __call__(self, model, dataset_dicts, previous=None) -> Priors:
         return generate_ncut_priors(
@@ -94,13 +125,14 @@ def _top_detections(boxes, scores, nms_threshold, topk):
 class DetectorGenerator:
     """The model's class-agnostic detections: every query's box scored by its objectness, NMS, top K."""
 
-    def __init__(self, *, mapper, batch_size=4, topk=30, nms_threshold=0.7):
+    @configurable
+    def __init__(self, *, mapper, batch_size=D.REFRESH_BATCH_SIZE, topk=D.TOPK, nms_threshold=D.REFRESH_NMS_THRESHOLD):
         self.mapper, self.batch_size, self.topk, self.nms_threshold = mapper, batch_size, topk, nms_threshold
 
     @classmethod
-    def from_settings(cls, settings, mapper):
-        return {"mapper": mapper, "batch_size": settings["ncut"]["batch_size"], "topk": settings["priors"]["topk"],
-                "nms_threshold": settings["refresh"]["nms_thresh"]}
+    def from_config(cls, cfg, mapper=None):
+        return {"mapper": mapper, "batch_size": cfg.JOINDET.REFRESH.BATCH_SIZE, "topk": cfg.JOINDET.PRIORS.TOPK,
+                "nms_threshold": cfg.JOINDET.REFRESH.NMS_THRESH}
 
     def _detect(self, model, batch):
         return [_top_detections(b, s, self.nms_threshold, self.topk) for b, s in model.objectness_predictions(batch)]
@@ -139,15 +171,17 @@ class DetectorNCutGenerator(DetectorGenerator):
     (1 + mean of M / max|M| inside the box) / 2, so a box on the foreground keeps its objectness and one on
     the background loses up to all of it. NMS and top K after the re-scoring."""
 
-    def __init__(self, *, feature_level=-1, tau=0.2, eps=1e-5, center=False, solver="lanczos", **kwargs):
+    @configurable
+    def __init__(self, *, feature_level=D.NCUT_FEATURE_LEVEL, tau=D.NCUT_TAU, eps=D.NCUT_EPS, center=D.NCUT_CENTER,
+                 solver=D.NCUT_SOLVER, **kwargs):
         super().__init__(**kwargs)
         self.feature_level, self.tau, self.eps, self.center, self.solver = feature_level, tau, eps, center, solver
 
     @classmethod
-    def from_settings(cls, settings, mapper):
-        n = settings["ncut"]
-        return {**super().from_settings(settings, mapper), "feature_level": n["feature_level"], "tau": n["tau"],
-                "eps": n["eps"], "center": n["center"], "solver": n["solver"]}
+    def from_config(cls, cfg, mapper=None):
+        n = cfg.JOINDET.NCUT
+        return {**super().from_config(cfg, mapper), "feature_level": n.FEATURE_LEVEL, "tau": n.TAU, "eps": n.EPS,
+                "center": n.CENTER, "solver": n.SOLVER}
 
     def _detect(self, model, batch):
         preds, feats, valid, _ = model.objectness_predictions(batch, level=self.feature_level)
@@ -168,13 +202,14 @@ class RescoreGenerator:
     """The precedent priors, each re-scored by the model (``quality``: see :mod:`joindet.priors.rescore`).
     The boxes stay (so does recall); the Box Smooth Module then blends old and new scores."""
 
-    def __init__(self, *, mapper, batch_size=4, quality=DEFAULT_RESCORE_QUALITY):
+    @configurable
+    def __init__(self, *, mapper, batch_size=D.REFRESH_BATCH_SIZE, quality=DEFAULT_RESCORE_QUALITY):
         self.mapper, self.batch_size, self.quality = mapper, batch_size, quality
 
     @classmethod
-    def from_settings(cls, settings, mapper):
-        return {"mapper": mapper, "batch_size": settings["ncut"]["batch_size"],
-                "quality": settings["refresh"]["rescore_quality"]}
+    def from_config(cls, cfg, mapper=None):
+        return {"mapper": mapper, "batch_size": cfg.JOINDET.REFRESH.BATCH_SIZE,
+                "quality": cfg.JOINDET.REFRESH.RESCORE_QUALITY}
 
     def __call__(self, model, dataset_dicts, previous=None) -> Priors:
         if previous is None:
@@ -194,26 +229,33 @@ class RescoreGenerator:
 
 @_register("rescore_online")
 class OnlineRescoreGenerator:
-    """``rescore`` from the objectness recorded during training (see the module docstring)."""
+    """``rescore`` from the objectness recorded during training (see the module docstring). It owns the
+    recorder (``recorder``, an :class:`OnlineObjectness`); the refresh hook wires it to the model with
+    :meth:`attach` before training, and each call reads and then clears it."""
 
+    @configurable
     def __init__(self, *, quality=DEFAULT_RESCORE_QUALITY):
         self.quality = quality
+        self.recorder = OnlineObjectness(quality)
+        self.attached = False
 
     @classmethod
-    def from_settings(cls, settings, mapper):
-        return {"quality": settings["refresh"]["rescore_quality"]}
+    def from_config(cls, cfg, mapper=None):
+        return {"quality": cfg.JOINDET.REFRESH.RESCORE_QUALITY}
 
     def attach(self, model):
-        """Make ``model`` (a JoinDet) record its priors' objectness in every training step from now on."""
-        if not hasattr(model, "online_objectness"):
+        """Make ``model`` (a JoinDet) record its priors' objectness into ``self.recorder`` in every training step
+        from now on (``model.set_objectness_recorder``)."""
+        if not callable(getattr(model, "set_objectness_recorder", None)):
             raise ValueError(f"the rescore_online refresh needs a JoinDet model, got {type(model).__name__}")
-        model.online_objectness = OnlineObjectness(self.quality)
+        model.set_objectness_recorder(self.recorder)
+        self.attached = True
 
     def __call__(self, model, dataset_dicts, previous=None) -> Priors:
-        recorder = getattr(model, "online_objectness", None)
-        if previous is None or recorder is None:
+        if previous is None or not self.attached:
             raise ValueError("the rescore_online refresh scores the precedent priors with the objectness recorded "
                              "in the training steps: it runs inside a training run only (use rescore elsewhere)")
+        recorder = self.recorder
         seen = recorder.gathered(previous.version)
         recorder.clear()  # the next refresh scores the next version's views
         out = {}

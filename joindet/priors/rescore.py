@@ -8,8 +8,8 @@ during the training steps (``rescore_online``), chosen by ``JOINDET.REFRESH.RESC
   on the clutter domain (15 small objects per image) it ranks boxes around groups of objects first.
 - ``matched_objectness`` (the default): the objectness of the query whose box overlaps the prior most (0 when
   no query box overlaps it): whether the model thinks there is an object *there*, not how well it repeats
-  the box. With it the last prior version beats version 0 on both mini domains (README, "Prior quality per
-  version"); with ``objectness_x_iou`` only on shapes.
+  the box. With it the last prior version beats version 0 on both mini domains (docs/experiments/prior_quality.md);
+  with ``objectness_x_iou`` only on shapes.
 """
 import torch
 from torchvision.ops import box_iou

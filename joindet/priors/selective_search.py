@@ -29,16 +29,26 @@ loader uses: EXIF orientation applied, 16-bit scaled to 8 bits), and reports an 
 its skip reason) instead of raising, so that one bad file does not stop a pass over a whole dataset.
 """
 import ctypes
+import functools
 import logging
+import multiprocessing
 import numbers
 import sys
 import threading
-from typing import Optional, Tuple
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+from detectron2.config import configurable
 
-__all__ = ["SELECTIVE_SEARCH_MODES", "selective_search_boxes", "boxes_for_image_file"]
+from ..utils.progress import format_seconds, log_progress
+from . import defaults as D
+from .sources import PriorList, _check_dataset_dicts, register_prior_source
+
+__all__ = ["SELECTIVE_SEARCH_MODES", "selective_search_boxes", "boxes_for_image_file", "SelectiveSearchSource"]
+
+logger = logging.getLogger("joindet")
 
 SELECTIVE_SEARCH_MODES = ("fast", "quality")
 
@@ -208,3 +218,119 @@ def boxes_for_image_file(
         return (*_empty(), f"skipped ({e.reason}): {e.detail}")
     boxes, scores = selective_search_boxes(image, topk, min_side, mode, num_threads)
     return boxes, scores, None
+
+
+# --------------------------------------------------------------------------- the version-0 source
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _ss_task(settings: Tuple, item: Tuple[str, Optional[int], Optional[int]]):
+    topk, min_side, mode = settings
+    file_name, height, width = item
+    return boxes_for_image_file(file_name, height, width, topk, min_side, mode, num_threads=1)
+
+
+@register_prior_source("selective_search")
+class SelectiveSearchSource:
+    """
+    Selective search priors (DETReg): ``selective_search_boxes`` on every image, read from its
+    ``file_name``.
+
+    An image that cannot be read (or whose size differs from the dict's height/width) gets zero
+    priors and a warning naming the file; ``last_failed`` lists ``(file_name, problem)`` of the
+    last call.
+
+    Args:
+        topk: proposals kept per image.
+        min_side: the shorter side the image is downscaled to before the search (None: full size).
+        num_workers: worker processes (a ``multiprocessing`` pool, one OpenCV thread each);
+            0 computes in the calling process.
+        mode: "fast" (DETReg) or "quality".
+        start_method: the pool's start method; None: "forkserver" where available (workers forked
+            from a clean server process: a plain fork of a process whose OpenCV thread pool has run
+            leaves the children deadlocked in OpenCV), else the platform's default.
+    """
+
+    @configurable
+    def __init__(self, topk: int = D.TOPK, min_side: Optional[int] = D.SELECTIVE_SEARCH_MIN_SIDE,
+                 num_workers: int = D.SELECTIVE_SEARCH_NUM_WORKERS, mode: str = "fast",
+                 start_method: Optional[str] = None):
+        self.topk, self.min_side, self.mode, _ = _check_settings(topk, min_side, mode, 1)
+        if isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        self.num_workers = int(num_workers)
+        if start_method is not None and start_method not in multiprocessing.get_all_start_methods():
+            raise ValueError(
+                f"start_method must be one of {multiprocessing.get_all_start_methods()} or None, "
+                f"got {start_method!r}"
+            )
+        self.start_method = start_method
+        self.last_failed: List[Tuple[str, str]] = []
+
+    @classmethod
+    def from_config(cls, cfg, mapper=None) -> Dict[str, Any]:
+        p = cfg.JOINDET.PRIORS
+        return {"topk": p.TOPK, "min_side": p.MIN_SIDE, "num_workers": p.NUM_WORKERS}
+
+    def cache_key(self) -> Dict[str, Any]:
+        """The settings that determine the boxes (not num_workers, which does not change them)."""
+        return {"topk": self.topk, "min_side": self.min_side, "mode": self.mode, "impl": 1}
+
+    def __repr__(self) -> str:
+        return (f"SelectiveSearchSource(topk={self.topk}, min_side={self.min_side}, "
+                f"mode={self.mode!r}, num_workers={self.num_workers})")
+
+    def _context(self):
+        method = self.start_method
+        if method is None and "forkserver" in multiprocessing.get_all_start_methods():
+            method = "forkserver"
+        ctx = multiprocessing.get_context(method)
+        if method == "forkserver":
+            ctx.set_forkserver_preload([__name__])  # imported once in the server, not per worker
+        return ctx
+
+    def __call__(self, dataset_dicts: Sequence[dict], model=None) -> PriorList:
+        """
+        Args:
+            dataset_dicts: dicts with ``file_name`` (and ``height``/``width``, checked if present).
+            model: unused.
+
+        Returns:
+            per image (aligned with ``dataset_dicts``): boxes float32 (k, 4) XYXY absolute and
+            scores float32 (k,) strictly decreasing, k <= topk.
+        """
+        _check_dataset_dicts(dataset_dicts, ["file_name"])
+        items = [(d["file_name"], d.get("height"), d.get("width")) for d in dataset_dicts]
+        task = functools.partial(_ss_task, (self.topk, self.min_side, self.mode))
+        start = time.perf_counter()
+        results: PriorList = []
+        self.last_failed = []
+
+        def collect(outputs):
+            for (file_name, _, _), (boxes, scores, problem) in zip(items, outputs):
+                if problem is not None:
+                    logger.warning(f"selective search: {file_name}: {problem}; it gets no priors")
+                    self.last_failed.append((file_name, problem))
+                results.append((boxes, scores))
+                log_progress("selective search", len(results), len(items), start)
+
+        if not items:
+            return results
+        if self.num_workers == 0:
+            collect(task(item) for item in items)
+        else:
+            workers = min(self.num_workers, len(items))
+            chunksize = max(1, min(32, len(items) // (workers * 8)))
+            with self._context().Pool(workers, initializer=_init_worker) as pool:
+                collect(pool.imap(task, items, chunksize=chunksize))
+        num_boxes = sum(b.shape[0] for b, _ in results)
+        logger.info(
+            f"selective search: {len(results)} images in "
+            f"{format_seconds(time.perf_counter() - start)}, "
+            f"{num_boxes / len(results):.1f} priors per image, "
+            f"{len(self.last_failed)} unreadable images (no priors)"
+        )
+        return results

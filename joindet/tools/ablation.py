@@ -17,9 +17,20 @@ fine-tuned bbox AP mean ± std over the seeds. Two modes, one orchestration:
   The file is a list, in table order, of mappings with the keys ``name`` (required, unique, a folder
   name: letters, digits, ``._+-``), ``pretrain_config`` (required: a config file, or null for a method
   without pretraining), ``pretrain_opts`` (optional KEY VALUE list), ``finetune_config`` (optional;
-  default ``--finetune-config``) and ``finetune_opts`` (optional). ``--pretrain-opts`` /
+  default ``--finetune-config``), ``finetune_opts`` (optional), ``default`` (optional, true for at most
+  one row: the mini default's) and ``uses_labels`` (optional, true for a diagnostic that reads the labels,
+  e.g. the ``gt_boxes`` ceiling; never the default). ``--pretrain-opts`` /
   ``--finetune-opts`` apply to every method, before its own options. Config paths are relative to the
   working directory or to the repository root.
+
+Paired seeds: ``SEED`` sets both trainings of a run, and every row runs on the same seeds, seed by seed
+(all rows of the first seed, then of the next), so the table pairs each row with a reference row
+(``--reference``; for a comparison, ``detreg`` when it is listed): the mean paired difference of the
+metric and its 95% Student-t interval (``paired_difference``), in table.md and as
+``"paired_vs_<reference>": {"mean", "std", "ci95_low", "ci95_high", "n"}`` in each row of table.json.
+``--jobs N`` trains N runs at a time; each run is claimed (``<run>/.claim``) while it trains, so a second
+invocation on the same folder takes other runs and waits for that one. ``--only ROW ...`` runs (or
+tabulates) some rows alone.
 
 Each row x seed is one run, in ``<out>/value_<value>/seed_<seed>/`` or ``<out>/method_<name>/seed_<seed>/``:
 
@@ -72,9 +83,11 @@ import numbers
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -83,6 +96,7 @@ import numpy as np
 import yaml
 
 from joindet.utils.atomic import write_json_atomic
+from joindet.utils.process import pid_alive
 
 __all__ = [
     "REPO_ROOT",
@@ -95,6 +109,7 @@ __all__ = [
     "run_ablation",
     "run_comparison",
     "summarize",
+    "paired_difference",
     "format_ablation_table",
     "plot_ablation",
     "build_parser",
@@ -103,7 +118,9 @@ __all__ = [
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TABLE_METRICS = ("AP", "AP50", "AP75")
-METHOD_KEYS = ("name", "pretrain_config", "pretrain_opts", "finetune_config", "finetune_opts")  # of a methods file
+METHOD_KEYS = ("name", "pretrain_config", "pretrain_opts", "finetune_config", "finetune_opts",  # of a methods file
+               "default", "uses_labels")
+DEFAULT_REFERENCE = "detreg"  # the row a comparison's paired differences are taken against, when it has one
 _COCO_BBOX_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOEvaluator's bbox keys (+ "AP-<class>")
 _RESERVED_KEYS = ("SEED", "OUTPUT_DIR", "MODEL.WEIGHTS")  # set by the tool for every run
 _METHOD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # a folder name on any file system, never "." or ".."
@@ -186,7 +203,7 @@ def _resolve_config(path: str, kind: str = "config file") -> Path:
     """A file path as given (relative to the working directory) or relative to the repository."""
     for candidate in (Path(path), REPO_ROOT / path):
         if candidate.is_file():
-            return candidate.resolve()
+            return Path(os.path.abspath(candidate))  # as named (a symlinked folder stays named so)
     raise ValueError(f"{kind} {path!r} not found (relative to {os.getcwd()} or {REPO_ROOT})")
 
 
@@ -373,6 +390,11 @@ def _method_rows(methods: Sequence, source: str, finetune_config: Optional[str],
         elif not isinstance(finetune, str) or not finetune:
             raise ValueError(f"{where}: finetune_config must be a config file, got {finetune!r}")
         own_finetune_opts = _yaml_opts(spec.get("finetune_opts"), f"{where}: finetune_opts")
+        flags = {}
+        for key in ("default", "uses_labels"):
+            flags[key] = spec.get(key, False)
+            if not isinstance(flags[key], bool):
+                raise ValueError(f"{where}: {key} must be true or false, got {flags[key]!r}")
 
         # a method without pretraining keeps its fine-tuning config's MODEL.WEIGHTS, which its options may set
         pretrained = pretrain is not None
@@ -398,8 +420,14 @@ def _method_rows(methods: Sequence, source: str, finetune_config: Optional[str],
             record={"param": "method", "value": name, "method": {
                 "name": name, "pretrain_config": None if pretrain_file is None else str(pretrain_file),
                 "pretrain_opts": row_pretrain_opts if pretrained else [], "finetune_config": str(finetune_file),
-                "finetune_opts": row_finetune_opts}},
+                "finetune_opts": row_finetune_opts, **flags}},
         ))
+    defaults = [row.label for row in rows if row.record["method"]["default"]]
+    if len(defaults) > 1:
+        raise ValueError(f"{source}: more than one method is marked default: {defaults}")
+    labelled = [row.label for row in rows if row.record["method"]["default"] and row.record["method"]["uses_labels"]]
+    if labelled:
+        raise ValueError(f"{source}: method {labelled[0]!r} reads the labels (uses_labels) and cannot be the default")
     scored_on = rows[0].test_datasets[0]
     others = {r.label: r.test_datasets[0] for r in rows if r.test_datasets[0] != scored_on}
     if others:
@@ -409,7 +437,18 @@ def _method_rows(methods: Sequence, source: str, finetune_config: Optional[str],
 
 
 # --------------------------------------------------------------------------- orchestration
-def _check_run_args(seeds, metric, num_gpus) -> List[int]:
+def _only(rows: List[_Row], only: Optional[Sequence[str]], what: str) -> List[_Row]:
+    """The rows named in ``only`` (in table order); None keeps all. An unknown name is an error."""
+    if only is None:
+        return rows
+    only = [str(name) for name in only]
+    unknown = [name for name in only if name not in {row.label for row in rows}]
+    if unknown or not only:
+        raise ValueError(f"--only {only}: not among the {what} {[row.label for row in rows]}")
+    return [row for row in rows if row.label in only]
+
+
+def _check_run_args(seeds, metric, num_gpus, jobs=1) -> List[int]:
     """The arguments common to both modes, checked; returns the seeds as a list."""
     seeds = list(seeds)
     if not seeds:
@@ -423,6 +462,8 @@ def _check_run_args(seeds, metric, num_gpus) -> List[int]:
         raise ValueError(f"metric must be one of {_COCO_BBOX_METRICS} or 'AP-<class name>', got {metric!r}")
     if isinstance(num_gpus, bool) or not isinstance(num_gpus, numbers.Integral) or num_gpus < 1:
         raise ValueError(f"num_gpus must be an integer >= 1, got {num_gpus!r}")
+    if isinstance(jobs, bool) or not isinstance(jobs, numbers.Integral) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     return seeds
 
 
@@ -502,33 +543,99 @@ def _run_one(row: _Row, seed: int, run: Path, prefix: str, launch: Sequence[str]
     return result
 
 
+def _claim(run: Path) -> bool:
+    """
+    Claim the run folder for this process (``run/.claim``, created exclusively, holding "<host> <pid>"), so
+    that two invocations on the same ``--out-dir`` never train the same run. A claim left by a process of
+    this host that no longer lives is taken over. Returns False when another live process holds it.
+    """
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / ".claim"
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                host, pid = path.read_text(encoding="utf-8").split()
+            except (OSError, ValueError):
+                host, pid = "", "0"
+            if f"{host} {pid}" == me:
+                return True
+            if host == socket.gethostname() and not pid_alive(int(pid)):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()  # stale: its process died
+                continue
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(me)
+        return True
+    return False
+
+
+def _release(run: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (run / ".claim").unlink()
+
+
+def _run_claimed(row: _Row, seed: int, run: Path, prefix: str, launch, metric, dry_run, runner, env, log,
+                 poll_s: float) -> Optional[dict]:
+    """``_run_one`` under the run's claim; a run another live process holds is waited for (its result read)."""
+    if dry_run or (run / "result.json").is_file():
+        return _run_one(row, seed, run, prefix, launch, metric, dry_run, runner, env, log)
+    announced = False
+    while not _claim(run):
+        if (run / "result.json").is_file():
+            break
+        if not announced:
+            log(f"{prefix}: another process is running it ({run / '.claim'}); waiting for its result")
+            announced = True
+        time.sleep(poll_s)
+    try:
+        return _run_one(row, seed, run, prefix, launch, metric, dry_run, runner, env, log)
+    finally:
+        _release(run)
+
+
 def _run_rows(column: str, rows: Sequence[_Row], seeds: Sequence[int], out_dir, metric: str, num_gpus: int,
               dry_run: bool, runner: Runner, env: Optional[Mapping[str, str]], log: Callable[[str], None],
-              extra: Optional[Mapping] = None, table_only: bool = False) -> Optional[dict]:
+              extra: Optional[Mapping] = None, table_only: bool = False, jobs: int = 1,
+              reference: Optional[str] = None, poll_s: float = 30.0) -> Optional[dict]:
     """
-    Both modes' orchestration: every row x seed (``_run_one``), then the table of the first column
-    ``column`` (the key, or "method"). ``extra`` is added to table.json. With ``table_only`` nothing runs:
-    the table holds the finished runs, rows without one are left out, and table.json lists the runs
-    still to do under "unfinished".
+    Both modes' orchestration: every row x seed (``_run_one``), seed by seed (all rows of the first seed,
+    then of the next: a partial table is paired), ``jobs`` runs at a time, then the table of the first column
+    ``column`` (the key, or "method"), with each row's paired difference against the row ``reference``.
+    ``extra`` is added to table.json. With ``table_only`` nothing runs: the table holds the finished runs,
+    rows without one are left out, and table.json lists the runs still to do under "unfinished".
     """
     out = Path(out_dir).resolve()
     launch = ["--num-gpus", str(num_gpus)] if num_gpus > 1 else []
-    total = len(rows) * len(seeds)
+    order = [(row, seed) for seed in seeds for row in rows]
+    total = len(order)
     results, unfinished = [], []
-    for i, (row, seed) in enumerate(((row, seed) for row in rows for seed in seeds), 1):
-        prefix = f"[{i}/{total}] {column}={row.label} seed={seed}"
-        run = out / row.folder / f"seed_{seed}"
-        if table_only:
-            result_file = run / "result.json"
+    if table_only:
+        for i, (row, seed) in enumerate(order, 1):
+            result_file = out / row.folder / f"seed_{seed}" / "result.json"
             if result_file.is_file():
                 results.append(json.loads(result_file.read_text(encoding="utf-8")))
             else:
-                log(f"{prefix}: not finished (no {result_file})")
+                log(f"[{i}/{total}] {column}={row.label} seed={seed}: not finished (no {result_file})")
                 unfinished.append({column: row.label, "seed": seed})
-            continue
-        result = _run_one(row, seed, run, prefix, launch, metric, dry_run, runner, env, log)
-        if result is not None:
-            results.append(result)
+    else:
+        if jobs > 1 and "OMP_NUM_THREADS" not in (os.environ if env is None else env):
+            env = {**(os.environ if env is None else env), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+
+        def task(i, row, seed):
+            return _run_claimed(row, seed, out / row.folder / f"seed_{seed}", f"[{i}/{total}] {column}={row.label} "
+                                f"seed={seed}", launch, metric, dry_run, runner, env, log, poll_s)
+
+        if jobs == 1 or dry_run:
+            outcomes = [task(i, row, seed) for i, (row, seed) in enumerate(order, 1)]
+        else:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                futures = [pool.submit(task, i, row, seed) for i, (row, seed) in enumerate(order, 1)]
+                outcomes = [f.result() for f in futures]  # the first failure is raised (the others finish)
+        results = [r for r in outcomes if r is not None]
     if dry_run:
         return None
 
@@ -537,7 +644,11 @@ def _run_rows(column: str, rows: Sequence[_Row], seeds: Sequence[int], out_dir, 
         labels = [label for label in labels if any(r["value"] == label for r in results)]
         if not labels:
             raise ValueError(f"no finished run in {out} to tabulate (run without --table-only first)")
-    summary = summarize(results, column, labels, metric=metric)
+    summary = summarize(results, column, labels, metric=metric,
+                        reference=reference if reference in labels else None)
+    for row_summary in summary["rows"]:
+        flags = next(r.record.get("method", {}) for r in rows if r.label == row_summary["value"])
+        row_summary.update({key: flags[key] for key in ("default", "uses_labels") if key in flags})
     summary["seeds"] = list(seeds)
     if table_only:
         summary["unfinished"] = unfinished
@@ -569,6 +680,10 @@ def run_ablation(
     runner: Runner = run_training,
     env: Optional[Mapping[str, str]] = None,
     log: Callable[[str], None] = print,
+    jobs: int = 1,
+    reference: Optional[str] = None,
+    only: Optional[Sequence[str]] = None,
+    poll_s: float = 30.0,
 ) -> Optional[dict]:
     """
     Run (or resume) the ablation of one config key and write table.md, table.json and plot.png in ``out_dir``.
@@ -588,6 +703,12 @@ def run_ablation(
         runner: runs one train_net.py (``run_training``; tests inject a fake).
         env: the environment of the processes (None: this process's).
         log: where progress lines go.
+        jobs: runs trained at a time (each its own process; with more than one and no OMP_NUM_THREADS in
+            the environment, each gets cpu_count // jobs threads). A run is claimed (``run/.claim``) while it
+            trains, so a second invocation on the same folder trains other runs and waits for that one.
+        reference: the row (a value) every row is paired with seed by seed in the table (None: none).
+        only: the rows (values) to run or tabulate; None: all.
+        poll_s: seconds between two looks at a run another process holds.
 
     Returns:
         the summary written to table.json (see ``summarize``), or None for a dry run.
@@ -608,12 +729,16 @@ def run_ablation(
     slugs = [_slug(v) for v in values]
     if len(set(slugs)) != len(slugs):
         raise ValueError(f"values {values} map to clashing run folder names {slugs}")
-    seeds = _check_run_args(seeds, metric, num_gpus)
+    seeds = _check_run_args(seeds, metric, num_gpus, jobs)
     pretrain_opts = _check_opts("pretrain_opts", pretrain_opts, (*_RESERVED_KEYS, param))
     finetune_opts = _check_opts("finetune_opts", finetune_opts, (*_RESERVED_KEYS, param))
     rows = _param_rows(param, values, _resolve_config(pretrain_config), _resolve_config(finetune_config),
                        pretrain_opts, finetune_opts)
-    return _run_rows(param, rows, seeds, out_dir, metric, num_gpus, dry_run, runner, env, log, table_only=table_only)
+    rows = _only(rows, only, "values")
+    if reference is not None and reference not in values:
+        raise ValueError(f"reference {reference!r} is not one of the values {values}")
+    return _run_rows(param, rows, seeds, out_dir, metric, num_gpus, dry_run, runner, env, log, table_only=table_only,
+                     jobs=jobs, reference=reference, poll_s=poll_s)
 
 
 def run_comparison(
@@ -630,6 +755,10 @@ def run_comparison(
     runner: Runner = run_training,
     env: Optional[Mapping[str, str]] = None,
     log: Callable[[str], None] = print,
+    jobs: int = 1,
+    reference: Optional[str] = None,
+    only: Optional[Sequence[str]] = None,
+    poll_s: float = 30.0,
 ) -> Optional[dict]:
     """
     Run (or resume) a comparison of methods (one table row each: a pretraining configuration, or no
@@ -644,7 +773,9 @@ def run_comparison(
         out_dir: the comparison folder (runs in ``method_<name>/seed_<seed>/``).
         pretrain_opts: KEY VALUE overrides of every pretraining, before each method's pretrain_opts.
         finetune_opts: KEY VALUE overrides of every fine-tuning, before each method's finetune_opts.
-        metric, num_gpus, dry_run, table_only, runner, env, log: as in ``run_ablation``.
+        metric, num_gpus, dry_run, table_only, runner, env, log, jobs, only, poll_s: as in ``run_ablation``
+            (``only``: method names).
+        reference: the method each row is paired with (default: "detreg" when the methods have it).
 
     Returns:
         the summary written to table.json (``summarize``'s, param "method", plus "seeds" and the
@@ -661,12 +792,19 @@ def run_comparison(
         source, methods = "methods", list(methods)
         if not methods:
             raise ValueError("methods is empty: give at least one method")
-    seeds = _check_run_args(seeds, metric, num_gpus)
+    seeds = _check_run_args(seeds, metric, num_gpus, jobs)
     pretrain_opts = _check_opts("pretrain_opts", pretrain_opts, _RESERVED_KEYS)
     finetune_opts = _check_opts("finetune_opts", finetune_opts, _RESERVED_KEYS)
     rows = _method_rows(methods, source, finetune_config, pretrain_opts, finetune_opts)
+    names = [row.label for row in rows]
+    if reference is None:
+        reference = DEFAULT_REFERENCE if DEFAULT_REFERENCE in names else None
+    elif reference not in names:
+        raise ValueError(f"reference {reference!r} is not one of the methods {names}")
+    rows = _only(rows, only, "methods")
     return _run_rows("method", rows, seeds, out_dir, metric, num_gpus, dry_run, runner, env, log,
-                     extra={"methods": [row.record["method"] for row in rows]}, table_only=table_only)
+                     extra={"methods": [row.record["method"] for row in rows]}, table_only=table_only,
+                     jobs=jobs, reference=reference, poll_s=poll_s)
 
 
 def _mean_std(xs: Sequence[Optional[float]]) -> Dict[str, Optional[float]]:
@@ -676,7 +814,31 @@ def _mean_std(xs: Sequence[Optional[float]]) -> Dict[str, Optional[float]]:
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else None}
 
 
-def summarize(results: Sequence[Mapping], param: str, values: Sequence[str], metric: str = "AP") -> dict:
+def paired_difference(diffs: Sequence[float], confidence: float = 0.95) -> Dict[str, Optional[float]]:
+    """
+    The mean of paired differences (a method's metric minus the reference's, seed by seed) with its
+    two-sided Student-t confidence interval: mean ± t_{(1+confidence)/2, n-1} * sd / sqrt(n), sd with ddof 1.
+
+    Returns:
+        {"mean", "std", "ci95_low", "ci95_high", "n"}; with one pair the interval is None (no spread to
+        estimate); a None / NaN difference makes every number None.
+    """
+    from scipy import stats
+
+    arr = np.asarray([np.nan if d is None else d for d in diffs], dtype=np.float64)
+    n = int(arr.size)
+    if n == 0 or not np.all(np.isfinite(arr)):
+        return {"mean": None, "std": None, "ci95_low": None, "ci95_high": None, "n": n}
+    mean = float(arr.mean())
+    if n == 1:
+        return {"mean": mean, "std": None, "ci95_low": None, "ci95_high": None, "n": 1}
+    std = float(arr.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+    return {"mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half, "n": n}
+
+
+def summarize(results: Sequence[Mapping], param: str, values: Sequence[str], metric: str = "AP",
+              reference: Optional[str] = None) -> dict:
     """
     Aggregate finished runs per row (a value of the ablated key, or a method).
 
@@ -687,9 +849,13 @@ def summarize(results: Sequence[Mapping], param: str, values: Sequence[str], met
         values: the rows in table order (each must have at least one result).
         metric: the metric of the plot; must be in every result's bbox dict.
 
+        reference: a value (row) to pair the others with, seed by seed (None: no paired differences).
+
     Returns:
-        {"param", "metric", "rows": [{"value", "n", "seeds", "<m>": {"mean", "std"}, "per_seed":
-        {"<m>": [...]}} for each value], with m over TABLE_METRICS and ``metric``}.
+        {"param", "metric", "rows": [{"value", "name", "n", "seeds", "<m>": {"mean", "std"}, "per_seed":
+        {"<m>": [...]}} for each value], with m over TABLE_METRICS and ``metric``}; with a ``reference``,
+        also "reference" and, in each row, "paired_vs_<reference>": ``paired_difference`` of ``metric`` over
+        the seeds both rows finished (the reference's own row: all zeros).
     """
     metrics = list(dict.fromkeys([*TABLE_METRICS, metric]))
     rows = []
@@ -697,7 +863,7 @@ def summarize(results: Sequence[Mapping], param: str, values: Sequence[str], met
         runs = sorted((r for r in results if r["value"] == value), key=lambda r: r["seed"])
         if not runs:
             raise ValueError(f"no finished run for {param} = {value}")
-        row = {"value": value, "n": len(runs), "seeds": [r["seed"] for r in runs], "per_seed": {}}
+        row = {"value": value, "name": value, "n": len(runs), "seeds": [r["seed"] for r in runs], "per_seed": {}}
         for m in metrics:
             missing = [r["seed"] for r in runs if m not in r["bbox"]]
             if missing:
@@ -707,7 +873,17 @@ def summarize(results: Sequence[Mapping], param: str, values: Sequence[str], met
             row["per_seed"][m] = per_seed
             row[m] = _mean_std(per_seed)
         rows.append(row)
-    return {"param": param, "metric": metric, "rows": rows}
+    summary = {"param": param, "metric": metric, "rows": rows}
+    if reference is not None:
+        by_seed = {r["seed"]: r["bbox"][metric] for r in results if r["value"] == reference}
+        if not by_seed:
+            raise ValueError(f"no finished run for the reference {param} = {reference}")
+        for row in rows:
+            pairs = [(s, v) for s, v in zip(row["seeds"], row["per_seed"][metric]) if s in by_seed]
+            row[f"paired_vs_{reference}"] = paired_difference(
+                [None if v is None or by_seed[s] is None else v - by_seed[s] for s, v in pairs])
+        summary["reference"] = reference
+    return summary
 
 
 def _cell(stat: Mapping[str, Optional[float]]) -> str:
@@ -723,9 +899,29 @@ def format_ablation_table(summary: Mapping) -> str:
     AP75, then n."""
     from tabulate import tabulate
 
-    rows = [[r["value"], *(_cell(r[m]) for m in TABLE_METRICS), str(r["n"])] for r in summary["rows"]]
-    return tabulate(rows, headers=[summary["param"], *TABLE_METRICS, "n"], tablefmt="pipe", disable_numparse=True,
-                    colalign=("left",) + ("right",) * (len(TABLE_METRICS) + 1))
+    reference = summary.get("reference")
+    headers = [summary["param"], *TABLE_METRICS, "n"]
+    rows = [[_row_label(r), *(_cell(r[m]) for m in TABLE_METRICS), str(r["n"])] for r in summary["rows"]]
+    if reference is not None:
+        headers.append(f"{summary['metric']} - {reference}, paired [95% CI]")
+        for cells, r in zip(rows, summary["rows"]):
+            cells.append("-" if r["value"] == reference else _paired_cell(r[f"paired_vs_{reference}"]))
+    return tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True,
+                    colalign=("left",) + ("right",) * (len(headers) - 1))
+
+
+def _row_label(row: Mapping) -> str:
+    """A row's first cell: its value or name, marked when it is the default or reads the labels."""
+    marks = [text for key, text in (("default", "default"), ("uses_labels", "reads labels")) if row.get(key)]
+    return f"{row['value']} ({', '.join(marks)})" if marks else row["value"]
+
+
+def _paired_cell(stat: Mapping[str, Optional[float]]) -> str:
+    if stat["mean"] is None:
+        return "-"
+    if stat["ci95_low"] is None:
+        return f"{stat['mean']:+.1f} (n {stat['n']})"
+    return f"{stat['mean']:+.1f} [{stat['ci95_low']:+.1f}, {stat['ci95_high']:+.1f}] (n {stat['n']})"
 
 
 def _as_number(text: str) -> Optional[float]:
@@ -800,6 +996,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="extra overrides of every fine-tuning")
     parser.add_argument("--metric", default="AP", help="bbox metric of the plot (default AP)")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per training (train_net.py --num-gpus)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs trained at a time, each its own process (default 1; with more and no "
+                             "OMP_NUM_THREADS set, each gets cpu_count // jobs threads)")
+    parser.add_argument("--reference", metavar="ROW",
+                        help="the method (or value) every row is paired with, seed by seed: the table gives the "
+                             "mean paired difference and its 95%% Student-t interval (default for --methods: "
+                             "detreg when listed)")
+    parser.add_argument("--only", nargs="+", metavar="ROW",
+                        help="run (or tabulate) only these methods (or values)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--table-only", action="store_true",
                         help="run nothing: write the table of the finished runs (a partial one while others run)")
@@ -811,7 +1016,8 @@ def main(argv: Optional[Sequence[str]] = None, runner: Runner = run_training,
     parser = build_parser()
     args = parser.parse_args(argv)
     common = dict(pretrain_opts=args.pretrain_opts, finetune_opts=args.finetune_opts, metric=args.metric,
-                  num_gpus=args.num_gpus, dry_run=args.dry_run, table_only=args.table_only, runner=runner, env=env)
+                  num_gpus=args.num_gpus, dry_run=args.dry_run, table_only=args.table_only, runner=runner, env=env,
+                  jobs=args.jobs, reference=args.reference, only=args.only)
     if args.dry_run and args.table_only:
         parser.error("--dry-run and --table-only exclude each other (one lists the commands, one tabulates)")
     if args.methods is not None:

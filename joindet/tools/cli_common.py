@@ -1,7 +1,8 @@
 """Command-line pieces shared by the bank tools (eval_priors, prior_evolution)."""
 from typing import List, Sequence
 
-from ..data.synthetic import GENERATED_SET_DEFAULTS, register_synthetic
+from ..data.generated import GENERATED_SET_DEFAULTS
+from ..data.synthetic import register_synthetic
 from ..priors.bank import PriorBank
 
 __all__ = ["add_synthetic_args", "register_synthetic_from_args", "parse_versions"]

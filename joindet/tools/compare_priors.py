@@ -30,10 +30,9 @@ from joindet.checkpoint import JoinDetCheckpointer
 from joindet.config import add_joindet_config, validate_config
 from joindet.data.datasets import check_dataset_names, register_datasets
 from joindet.data.mapper import DetrDatasetMapper
-from joindet.engine.pretrain import prior_settings_from_cfg
 from joindet.evaluation.prior_quality import evaluate_priors, format_prior_quality_table
 from joindet.priors.bank import PriorBank
-from joindet.priors.box_smooth import merge_refresh
+from joindet.priors.box_smooth import BoxSmoothSettings, merge_refresh
 from joindet.priors.refresh import build_refresh_generator
 from joindet.priors.sources import build_prior_source_from_cfg
 
@@ -108,18 +107,17 @@ def compare_priors(cfg_file: str, dataset: str, sources: Sequence[str] = (), gen
         previous = prior_bank.read(prior_bank.latest_version() if version < 0 else version)
         score(f"bank v{previous.version}", previous, 0.0)
         model = _model(cfg, weights)
-        settings = prior_settings_from_cfg(cfg)
         mapper = DetrDatasetMapper(cfg, is_train=False)
-        s = cfg.JOINDET.SMOOTH
+        smooth = BoxSmoothSettings(cfg)
         for name in generators:
-            settings["refresh"]["generator"] = name
+            generator_cfg = cfg.clone()
+            generator_cfg.defrost()
+            generator_cfg.JOINDET.REFRESH.GENERATOR = name
             start = time.perf_counter()
-            current = build_refresh_generator(settings, mapper)(model, dicts, previous)
+            current = build_refresh_generator(generator_cfg, mapper)(model, dicts, previous)
             seconds = time.perf_counter() - start
             score(f"{name} (current)", current, seconds)
-            merged, _ = merge_refresh(previous, current, [d["image_id"] for d in dicts], momentum=s.MOMENTUM,
-                                      iou_threshold=s.IOU_THRESHOLD, topk=cfg.JOINDET.PRIORS.TOPK,
-                                      soft_nms_sigma=s.SOFT_NMS_SIGMA)
+            merged, _ = merge_refresh(previous, current, [d["image_id"] for d in dicts], smooth)
             score(f"{name} (smoothed with v{previous.version})", merged, seconds)
     return rows
 

@@ -53,7 +53,7 @@ def worker(out_dir, fail_rank):
     trainer = JoinDetTrainer(cfg)
     trainer.resume_or_load(resume=False)
     hook = trainer.prior_hook
-    gathered = _record_all_gathers(comm)  # what version 0 and the refresh all_gather (no priors: issue 13)
+    gathered = _record_all_gathers(comm)  # what version 0 and the refresh all_gather (no priors)
     if comm.get_rank() == fail_rank:
         def failing_generator(model, dicts, previous):
             raise RuntimeError(f"injected failure in the refresh generator of rank {comm.get_rank()}")

@@ -5,7 +5,7 @@
 # at their own size (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST 256). pretrain_coco.py's loader and mappers (see
 # there) with these settings; dataloader.synthetic and the resize as in synthetic.py.
 # joindet.engine.lazy registers synth_* from dataloader.synthetic before anything is instantiated.
-from joindet.data.synthetic import GENERATED_SET_DEFAULTS
+from joindet.data.generated import GENERATED_SET_DEFAULTS
 
 from .pretrain_coco import dataloader
 from .synthetic import RESIZE_TO_IMAGE_SIZE

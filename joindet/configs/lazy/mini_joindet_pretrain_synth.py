@@ -2,13 +2,17 @@
 # LazyConfig twin of configs/mini/pretrain_synth.yaml. The model is mini_deformable_detr_synth.py's with
 # JoinDet's heads: the frozen pretrained Lite0 backbone also gives the embedding targets (320-d pooled res5
 # of each prior's crop, as the paper's "same SwAV encoder"); version 0 comes from selective search; the
-# precedent boxes re-scored by the model being trained refresh it every 100 iterations, merged with Soft-NMS
-# of the merged scores (sigma 0.5);
-# prior quality of every version is scored against synth_train's boxes. 300 iterations at batch 8,
-# constant lr.
+# paper's refresh (NCut on the encoder output) every 100 iterations, merged with Soft-NMS of the merged
+# scores (sigma 0.5); prior quality of every version is scored against synth_train's boxes. 300 iterations
+# at batch 8, constant lr.
 #
 #   python train_net.py --config-file projects/JoinDet/configs/mini_joindet_pretrain_synth.py
-from .common.data.pretrain_priors import joindet
+from detectron2.config import LazyCall as L
+from detectron2.data import get_detection_dataset_dicts
+
+from joindet.priors.selective_search import SelectiveSearchSource
+
+from .common.data.pretrain_priors import active_priors, prior_hook  # noqa: F401  (part of the config)
 from .common.data.pretrain_synthetic import dataloader
 from .common.models.joindet import model
 from .common.models.mini import make_mini
@@ -21,16 +25,14 @@ make_mini(model, optimizer)
 model.embed_dim = 320  # Lite0 res5 channels
 model.embed_encoder = "backbone"  # the frozen backbone itself
 
-joindet.priors.init_source = "selective_search"
-joindet.priors.topk = 30
-joindet.priors.eval_dataset = "synth_train"  # the same images with their boxes: prior quality per version
-joindet.ncut.feature_level = 1  # stride-16 level: 16 x 16 patches at 256 px
-joindet.ncut.backbone_feature = "res4"  # ncut_backbone version 0: the frozen Lite0's stride-16 features
-joindet.ncut.batch_size = 8
-joindet.refresh.generator = "rescore"  # measured best here (README); "ncut_encoder" is the paper's
-joindet.refresh.rescore_quality = "matched_objectness"  # not objectness x IoU (it favours large boxes)
-joindet.smooth.soft_nms_sigma = 0.5  # not the paper's (0.0): duplicates of a higher-scored prior rank lower
-joindet.update_period_iters = 100
+prior_hook.init_source = L(SelectiveSearchSource)()
+# refresh: the common default, the paper's ncut_encoder (configs/mini/pretrain_synth.yaml says why)
+prior_hook.generator.feature_level = 1  # stride-16 level: 16 x 16 patches at 256 px
+prior_hook.generator.batch_size = 8
+prior_hook.smooth.soft_nms_sigma = 0.5  # not the paper's (0.0): duplicates of a higher-scored prior rank lower
+prior_hook.period = 100
+# the same images with their boxes: prior quality per version
+prior_hook.eval_dicts = L(get_detection_dataset_dicts)(names="synth_train", filter_empty=False)
 
 train.max_iter = 300
 lr_multiplier = step_lr_multiplier(total_iters=300)

@@ -8,7 +8,7 @@
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 
-from joindet.data.synthetic import GENERATED_SET_DEFAULTS
+from joindet.data.generated import GENERATED_SET_DEFAULTS
 
 from .coco import dataloader
 

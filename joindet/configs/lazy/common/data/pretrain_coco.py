@@ -5,7 +5,8 @@
 # total batch 32 (8 processes x 4).
 #
 # dataloader.train.mapper is a JoinDetDatasetMapper without its `active_priors`: joindet.engine.lazy
-# builds it with the run's ActivePriors (a config does not hold that object). dataloader.prior_mapper
+# builds it with the run's ActivePriors (the config's top-level active_priors, instantiated once and shared
+# with the refresh hook). dataloader.prior_mapper
 # reads the images for prior generation (version 0 from ncut_backbone, every refresh) at test-time
 # size, 800 / 1333 (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST of the yacs route). There is no test set.
 from omegaconf import OmegaConf
@@ -26,11 +27,15 @@ dataloader.train = L(build_detection_train_loader)(
         image_format="RGB",
         crop_size=128,
         min_box_size=4.0,
-        train_topk="${joindet.priors.train_topk}",
+        # train_topk (JOINDET.PRIORS.TRAIN_TOPK): the mapper's default, 0 = every prior supervises
     ),
     total_batch_size=32,  # over all processes
     num_workers=4,
 )
+
+# unlabelled image folders to register, {name: folder} (DATASETS.IMAGE_FOLDERS of yacs); e.g. the override
+# dataloader.image_folders.mine=/data/images with dataloader.train.dataset.names=mine pretrains on a folder
+dataloader.image_folders = {}
 
 dataloader.prior_mapper = L(DetrDatasetMapper)(
     is_train=False,
