@@ -19,7 +19,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=23" wheel "setuptools>=61"  # setuptools: the wheel test builds with it
 	$(PY) -m pip install -q -c constraints.txt torch torchvision
-	# Detectron2 (DESIGN.md section 2): PyPI's sal-detectron2 carries upstream's Python code as a
+	# Detectron2 (docs/design.md, "Dependencies"): PyPI's sal-detectron2 carries upstream's Python code as a
 	# py3.10 wheel; re-tag it as pure Python. Its compiled _C is optional and not loaded on 3.11.
 	rm -rf $(D2_WHEELS) && mkdir -p $(D2_WHEELS)
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.10 \
