@@ -667,3 +667,40 @@ def test_ablation_real_tiny_run(subprocess_env, tmp_path):
     got = [result["bbox"][k] for k in ("AP", "AP50", "AP75")]
     assert got == pytest.approx(expected, abs=1e-3)
     assert (out / "table.md").read_text().count("\n") == 3
+
+
+def test_comparison_shows_the_prior_quality_of_the_last_version_beside_the_ap(tmp_path):
+    methods_file = tmp_path / "methods.yaml"
+    methods_file.write_text(METHODS_YAML)
+    fake = _method_runner()
+
+    def runner(argv, log_file, env):  # the pretraining's refresh hook also writes the quality per version
+        out = fake(argv, log_file, env)
+        opts = dict(zip(argv[2::2], argv[3::2]))
+        if out == "pretrained\n":
+            seed = int(opts["SEED"])
+            bank = os.path.join(opts["OUTPUT_DIR"], "prior_bank")
+            os.makedirs(bank)
+            with open(os.path.join(bank, "prior_quality.json"), "w") as f:
+                json.dump([["v0", {"AP": 20.0, "CorLoc": 50.0}], ["v2", {"AP": 30.0 + seed, "CorLoc": 60.0}]], f)
+        return out
+
+    out = tmp_path / "cmp"
+    summary = ablation.main(_comparison_args(methods_file, out), runner=runner)
+    rows = {r["name"]: r for r in summary["rows"]}
+    assert "prior_quality_last" not in rows["no_pretraining"]
+    q = rows["detreg"]["prior_quality_last"]
+    assert q["versions"] == ["v2"] and q["n"] == 2 and q["AP"]["mean"] == pytest.approx(30.5)
+    assert q["CorLoc"] == {"mean": pytest.approx(60.0), "std": pytest.approx(0.0)}
+    result = json.loads((out / "method_detreg" / "seed_1" / "result.json").read_text())
+    assert result["prior_quality"][-1] == ["v2", {"AP": 31.0, "CorLoc": 60.0}]
+    md = (out / "table.md").read_text()
+    assert "priors, last version: AP / CorLoc" in md and "v2: 30.5 / 60.0" in md
+
+    # a result written without it (an older run) is completed from the bank while the bank is there
+    for seed in (0, 1):
+        path = out / "method_detreg" / f"seed_{seed}" / "result.json"
+        path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "prior_quality"}))
+    again = ablation.main([*_comparison_args(methods_file, out), "--table-only"], runner=runner)
+    assert {r["name"]: r for r in again["rows"]}["detreg"]["prior_quality_last"] == q
+    assert "prior_quality" in json.loads((out / "method_detreg" / "seed_0" / "result.json").read_text())

@@ -481,6 +481,33 @@ def _continue_or_restart(argv: Sequence[str], folder: Path, log: Callable[[str],
     return list(argv)
 
 
+PRIOR_QUALITY_METRICS = ("AP", "CorLoc")  # of a pretraining's last prior version, shown beside the downstream AP
+
+
+def _with_prior_quality(run: Path, result: dict) -> dict:
+    """``result`` with "prior_quality": the prior quality per version that the pretraining's refresh hook wrote
+    (``<run>/pretrain/prior_bank/prior_quality.json``: [[label, metrics], ...], when its config names an
+    ``EVAL_DATASET``), if the result lacks it and the file is there (a diagnostic: never what decides)."""
+    path = run / "pretrain" / "prior_bank" / "prior_quality.json"
+    if "prior_quality" in result or not path.is_file():
+        return result
+    try:
+        quality = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return result
+    return {**result, "prior_quality": quality}
+
+
+def _read_result(run: Path) -> dict:
+    """A finished run's result.json; one written without the prior quality gets it added (and is rewritten)
+    while the pretraining's bank is still there."""
+    result = json.loads((run / "result.json").read_text(encoding="utf-8"))
+    completed = _with_prior_quality(run, result)
+    if completed is not result:
+        _write_json_atomic(run / "result.json", completed)
+    return completed
+
+
 def _run_one(row: _Row, seed: int, run: Path, prefix: str, launch: Sequence[str], metric: str, dry_run: bool,
              runner: Runner, env: Optional[Mapping[str, str]], log: Callable[[str], None]) -> Optional[dict]:
     """
@@ -498,7 +525,7 @@ def _run_one(row: _Row, seed: int, run: Path, prefix: str, launch: Sequence[str]
     result_file = run / "result.json"
     if result_file.is_file():
         log(f"{prefix}: finished earlier ({result_file}), skipped")
-        return None if dry_run else json.loads(result_file.read_text(encoding="utf-8"))
+        return None if dry_run else _read_result(run)
     pretrain_done = pretrain_argv is not None and (run / "pretrain_done.json").is_file() and weights.is_file()
     if dry_run:
         train = [sys.executable, str(REPO_ROOT / "train_net.py")]
@@ -538,6 +565,7 @@ def _run_one(row: _Row, seed: int, run: Path, prefix: str, launch: Sequence[str]
         **row.record, "seed": seed, "dataset": dataset, "bbox": bbox[dataset], "bbox_per_dataset": bbox,
         "pretrain_argv": pretrain_argv, "finetune_argv": finetune_argv, "timings": timings,
     }
+    result = _with_prior_quality(run, result)
     _write_json_atomic(result_file, result)
     log(f"{prefix}: {metric} = {bbox[dataset].get(metric)} on {dataset}")
     return result
@@ -617,7 +645,7 @@ def _run_rows(column: str, rows: Sequence[_Row], seeds: Sequence[int], out_dir, 
         for i, (row, seed) in enumerate(order, 1):
             result_file = out / row.folder / f"seed_{seed}" / "result.json"
             if result_file.is_file():
-                results.append(json.loads(result_file.read_text(encoding="utf-8")))
+                results.append(_read_result(result_file.parent))
             else:
                 log(f"[{i}/{total}] {column}={row.label} seed={seed}: not finished (no {result_file})")
                 unfinished.append({column: row.label, "seed": seed})
@@ -873,6 +901,12 @@ def summarize(results: Sequence[Mapping], param: str, values: Sequence[str], met
             row["per_seed"][m] = per_seed
             row[m] = _mean_std(per_seed)
         rows.append(row)
+    for row in rows:  # the diagnostic: quality of each pretraining's last prior version
+        runs = sorted((r for r in results if r["value"] == row["value"]), key=lambda r: r["seed"])
+        last = [r["prior_quality"][-1] for r in runs if r.get("prior_quality")]
+        if last:
+            row["prior_quality_last"] = {"versions": sorted({label for label, _ in last}), "n": len(last),
+                                         **{m: _mean_std([q.get(m) for _, q in last]) for m in PRIOR_QUALITY_METRICS}}
     summary = {"param": param, "metric": metric, "rows": rows}
     if reference is not None:
         by_seed = {r["seed"]: r["bbox"][metric] for r in results if r["value"] == reference}
@@ -906,6 +940,12 @@ def format_ablation_table(summary: Mapping) -> str:
         headers.append(f"{summary['metric']} - {reference}, paired [95% CI]")
         for cells, r in zip(rows, summary["rows"]):
             cells.append("-" if r["value"] == reference else _paired_cell(r[f"paired_vs_{reference}"]))
+    if any("prior_quality_last" in r for r in summary["rows"]):
+        headers.append("priors, last version: AP / CorLoc")
+        for cells, r in zip(rows, summary["rows"]):
+            q = r.get("prior_quality_last")
+            cells.append("-" if q is None else
+                         f"{'/'.join(q['versions'])}: {q['AP']['mean']:.1f} / {q['CorLoc']['mean']:.1f}")
     return tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True,
                     colalign=("left",) + ("right",) * (len(headers) - 1))
 
