@@ -62,6 +62,17 @@ TINY_MODEL_OPTS = [
 ]
 
 
+# The tiny prior hook of a LazyConfig pretraining (``prior_hook.*`` overrides): random-crop version 0 with
+# K = 10, NCut refreshes on the stride-8 level (level 0 of a tiny run), 4 images per refresh batch.
+LAZY_TINY_PRIOR_HOOK_OPTS = [
+    "prior_hook.init_source._target_=joindet.priors.random_crops.RandomCropSource",
+    "prior_hook.init_source.topk=10",
+    "prior_hook.smooth.topk=10",
+    "prior_hook.generator.topk=10",
+    "prior_hook.generator.feature_level=0",
+    "prior_hook.generator.batch_size=4",
+]
+
 TEST_SEED = 0  # every test starts from this seed; every train_net.py subprocess runs with it
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from joindet.evaluation.bootstrap import bootstrap_ap, coco_ap, resampled_set
+from joindet.evaluation.bootstrap import bootstrap_ap, bootstrap_ap_sizes, coco_ap, resampled_set
 from joindet.tools import eval_noise
 
 # three 100 x 100 images; image 1 has two boxes, image 2 one, image 3 one
@@ -74,6 +74,15 @@ def test_bootstrap_spread_and_determinism():
         bootstrap_ap(gt, [{**DETECTIONS[0], "image_id": 9}])
     with pytest.raises(ValueError, match="resamples must be an integer >= 2"):
         bootstrap_ap(gt, DETECTIONS, resamples=1)
+
+
+def test_several_sizes_in_one_call_equal_one_call_per_size():
+    gt = _coco(_gt_dict([(1, 1), (2, 2), (3, 3)]))
+    both = bootstrap_ap_sizes(gt, DETECTIONS, [2, None], resamples=6, seed=5)
+    assert [s["num_images"] for s in both["by_size"]] == [2, 3]
+    for stat, n in zip(both["by_size"], [2, None]):
+        alone = bootstrap_ap(gt, DETECTIONS, num_images=n, resamples=6, seed=5)
+        assert stat["aps"] == alone["aps"] and both["ap"] == alone["ap"]
 
 
 def test_eval_noise_cli_pairs_files_on_the_same_draws(tmp_path, capsys):

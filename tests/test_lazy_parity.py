@@ -29,7 +29,7 @@ import joindet.modeling  # noqa: F401  (registers the meta-architectures)
 from joindet.engine.lazy import register_lazy_datasets, resolve_lazy_epochs
 from joindet.priors.bank import PriorBank
 
-from conftest import REPO_ROOT, TEST_SEED, TINY_DATA_OPTS, TINY_MODEL_OPTS
+from conftest import LAZY_TINY_PRIOR_HOOK_OPTS, REPO_ROOT, TEST_SEED, TINY_DATA_OPTS, TINY_MODEL_OPTS
 
 from test_pretraining import PRETRAIN_CONFIG, TINY_PRETRAIN_OPTS
 
@@ -55,12 +55,7 @@ LAZY_TWIN_OPTS = [
     "model.num_queries=10",
     "model.num_detections=20",
     "dataloader.train.mapper.crop_size=32",
-    "prior_hook.init_source._target_=joindet.priors.random_crops.RandomCropSource",
-    "prior_hook.init_source.topk=10",
-    "prior_hook.smooth.topk=10",
-    "prior_hook.generator.topk=10",
-    "prior_hook.generator.feature_level=0",
-    "prior_hook.generator.batch_size=4",
+    *LAZY_TINY_PRIOR_HOOK_OPTS,
     f"train.seed={TEST_SEED}",
 ]
 

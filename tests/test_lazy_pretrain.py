@@ -48,6 +48,7 @@ from joindet.priors.random_crops import RandomCropSource
 from joindet.priors.refresh import build_refresh_generator
 from joindet.priors.sources import build_prior_source_from_cfg
 
+from conftest import LAZY_TINY_PRIOR_HOOK_OPTS
 from test_lazy_config import (
     CSV_HEADER,
     aug_signature,
@@ -111,12 +112,7 @@ PRETRAIN_TINY = [
     "model.num_detections=10",
     "dataloader.train.mapper.augmentations.image_size=64",
     "dataloader.train.mapper.crop_size=32",
-    "prior_hook.init_source._target_=joindet.priors.random_crops.RandomCropSource",
-    "prior_hook.init_source.topk=10",
-    "prior_hook.smooth.topk=10",
-    "prior_hook.generator.topk=10",
-    "prior_hook.generator.feature_level=0",
-    "prior_hook.generator.batch_size=4",
+    *LAZY_TINY_PRIOR_HOOK_OPTS,
     "prior_hook.period=2",
     "train.max_iter=5",
 ]

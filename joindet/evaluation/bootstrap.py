@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["coco_ap", "resampled_set", "bootstrap_ap"]
+__all__ = ["coco_ap", "resampled_set", "bootstrap_ap", "bootstrap_ap_sizes"]
 
 
 def _check_int(name, value, minimum):
@@ -63,26 +63,30 @@ def resampled_set(coco_gt, detections_by_image: Dict[int, List[dict]], image_ids
     return _coco(dataset), detections
 
 
-def bootstrap_ap(coco_gt, detections: List[dict], num_images: Optional[int] = None, resamples: int = 100,
-                 seed: int = 0) -> Dict[str, object]:
+def bootstrap_ap_sizes(coco_gt, detections: List[dict], sizes: Sequence[Optional[int]] = (None,),
+                       resamples: int = 100, seed: int = 0) -> Dict[str, object]:
     """
+    The bootstrap at several set sizes: the whole-set AP and the grouping of the detections by image are
+    computed once, then each size draws its own ``resamples`` sets from ``seed`` (so a size's draws do not
+    depend on which other sizes are asked for).
+
     Args:
         coco_gt: a pycocotools ``COCO`` of the evaluation set.
         detections: COCO-format results (``coco_instances_results.json``: image_id, category_id, bbox
             XYWH, score), category ids those of ``coco_gt``.
-        num_images: images per resample (None: as many as the set has).
+        sizes: images per resample, one entry per size (None: as many as the set has).
         resamples: the number of resampled sets (>= 2).
         seed: the seed of the draws (the same seed draws the same sets for every detection file, so two
             methods' APs are compared on the same resampled sets).
 
     Returns:
-        {"ap": AP on the whole set, "num_images", "resamples", "seed", "mean", "std" (ddof 1) of the
-        resampled APs, "aps": the resampled APs}.
+        {"ap": AP on the whole set, "by_size": [{"num_images", "resamples", "seed", "mean", "std" (ddof 1)
+        of the resampled APs, "aps": the resampled APs}, one per entry of ``sizes``]}.
     """
     ids = sorted(coco_gt.getImgIds())
     if not ids:
         raise ValueError("the ground truth has no images")
-    num_images = len(ids) if num_images is None else _check_int("num_images", num_images, 1)
+    sizes = [len(ids) if n is None else _check_int("num_images", n, 1) for n in sizes]
     resamples = _check_int("resamples", resamples, 2)
     unknown = {d.get("image_id") for d in detections} - set(ids)
     if unknown:
@@ -91,9 +95,20 @@ def bootstrap_ap(coco_gt, detections: List[dict], num_images: Optional[int] = No
     by_image: Dict[int, List[dict]] = {}
     for d in detections:
         by_image.setdefault(d["image_id"], []).append(d)
-    rng = np.random.default_rng(seed)
-    aps = [coco_ap(*resampled_set(coco_gt, by_image, rng.choice(ids, size=num_images, replace=True)))
-           for _ in range(resamples)]
-    arr = np.asarray(aps, dtype=np.float64)
-    return {"ap": coco_ap(coco_gt, detections), "num_images": num_images, "resamples": resamples, "seed": seed,
-            "mean": float(np.nanmean(arr)), "std": float(np.nanstd(arr, ddof=1)), "aps": [float(a) for a in arr]}
+    by_size = []
+    for num_images in sizes:
+        rng = np.random.default_rng(seed)
+        arr = np.asarray([coco_ap(*resampled_set(coco_gt, by_image, rng.choice(ids, size=num_images, replace=True)))
+                          for _ in range(resamples)], dtype=np.float64)
+        by_size.append({"num_images": num_images, "resamples": resamples, "seed": seed,
+                        "mean": float(np.nanmean(arr)), "std": float(np.nanstd(arr, ddof=1)),
+                        "aps": [float(a) for a in arr]})
+    return {"ap": coco_ap(coco_gt, detections), "by_size": by_size}
+
+
+def bootstrap_ap(coco_gt, detections: List[dict], num_images: Optional[int] = None, resamples: int = 100,
+                 seed: int = 0) -> Dict[str, object]:
+    """:func:`bootstrap_ap_sizes` at one set size, flattened: {"ap", "num_images", "resamples", "seed",
+    "mean", "std", "aps"}."""
+    result = bootstrap_ap_sizes(coco_gt, detections, [num_images], resamples, seed)
+    return {"ap": result["ap"], **result["by_size"][0]}

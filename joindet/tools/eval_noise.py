@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from joindet.evaluation.bootstrap import bootstrap_ap
+from joindet.evaluation.bootstrap import bootstrap_ap_sizes
 from joindet.utils.atomic import write_json_atomic
 
 __all__ = ["build_parser", "evaluation_noise", "main"]
@@ -52,14 +52,13 @@ def evaluation_noise(gt_json: str, detection_files: Sequence[str], num_images: S
             raise ValueError(f"detection file {path}: {e}") from e
         if not isinstance(detections, list):
             raise ValueError(f"detection file {path} holds {type(detections).__name__}, not a list of detections")
-        entry = {"detections": str(path), "by_size": {}}
-        for n in num_images:
+        boot = bootstrap_ap_sizes(coco_gt, detections, num_images, resamples, seed)
+        entry = {"detections": str(path), "ap": boot["ap"], "by_size": {}}
+        for n, stat in zip(num_images, boot["by_size"]):
             key = "all" if n is None else str(n)
-            boot = bootstrap_ap(coco_gt, detections, n, resamples, seed)
-            entry["ap"] = boot["ap"]
-            aps = np.asarray(boot["aps"])
+            aps = np.asarray(stat["aps"])
             first.setdefault(key, aps)
-            entry["by_size"][key] = {"num_images": boot["num_images"], "mean": boot["mean"], "std": boot["std"],
+            entry["by_size"][key] = {"num_images": stat["num_images"], "mean": stat["mean"], "std": stat["std"],
                                      "paired_std_vs_first": float(np.nanstd(aps - first[key], ddof=1))}
         files.append(entry)
     return {"gt": str(gt_json), "resamples": resamples, "seed": seed, "files": files}
