@@ -268,6 +268,9 @@ def add_joindet_config(cfg):
     _C.JOINDET.REFRESH.GENERATOR = "ncut_encoder"  # refresh: ncut_encoder (the paper), detector, detector_ncut, rescore, rescore_online
     _C.JOINDET.REFRESH.NMS_THRESH = D.REFRESH_NMS_THRESHOLD  # detector refreshes: NMS of an image's detections, then top K
     _C.JOINDET.REFRESH.BATCH_SIZE = D.REFRESH_BATCH_SIZE  # detector, detector_ncut, rescore: images per forward pass
+    # > 0: refreshes read a slowly updated (EMA) copy of the model with this momentum, not the model itself
+    # (joindet/engine/teacher.py); 0 = the model being trained
+    _C.JOINDET.REFRESH.TEACHER_MOMENTUM = D.REFRESH_TEACHER_MOMENTUM
     # rescore generators: a prior's score from the model's queries (joindet/priors/rescore.py):
     # matched_objectness (objectness of the query that overlaps the prior most; the one measured to beat
     # version 0 on both mini domains) or objectness_x_iou (max over queries of objectness x IoU)
@@ -379,6 +382,7 @@ CONFIG_RULES = {
     "JOINDET.REFRESH.GENERATOR": Registered("joindet.priors.refresh", "REFRESH_GENERATOR_REGISTRY", "refresh generator"),
     "JOINDET.REFRESH.NMS_THRESH": Number(gt=0, le=1),
     "JOINDET.REFRESH.BATCH_SIZE": Integer(ge=1),
+    "JOINDET.REFRESH.TEACHER_MOMENTUM": Number(ge=0.0, lt=1.0),
     "JOINDET.REFRESH.RESCORE_QUALITY": OneOf("objectness_x_iou", "matched_objectness"),
     "JOINDET.UPDATE_PERIOD": Number(ge=0),  # 0 = never
     "JOINDET.UPDATE_PERIOD_ITERS": Integer(ge=0),  # 0 = from UPDATE_PERIOD (or fixed priors)

@@ -73,6 +73,7 @@ BAD_VALUES = [
     ("JOINDET.NCUT.TAU", -1.5, "in [-1, 1] (a number)"),
     ("JOINDET.NCUT.EPS", 0.0, "> 0 (a number)"),
     ("JOINDET.REFRESH.NMS_THRESH", 0.0, "in (0, 1] (a number)"),
+    ("JOINDET.REFRESH.TEACHER_MOMENTUM", 1.0, "in [0, 1) (a number)"),
     ("SOLVER.EPOCHS", -1.0, ">= 0 (a number)"),
     ("SOLVER.BASE_LR", 0.0, "> 0 (a number)"),
     ("MODEL.TIMM.FREEZE", 1, "True or False"),
@@ -212,3 +213,4 @@ def test_every_prior_component_defaults_to_the_yacs_defaults():
     hook = PriorRefreshHook.from_config(cfg, active_priors=None, dataset_dicts=[], mapper=None)
     assert hook["period"] == _defaults(PriorRefreshHook.__init__)["period"]
     assert hook["smooth"] == _defaults(PriorRefreshHook.__init__)["smooth"] == BoxSmoothSettings()
+    assert hook["teacher_momentum"] == _defaults(PriorRefreshHook.__init__)["teacher_momentum"] == 0.0

@@ -21,6 +21,7 @@ from ..priors.version0 import load_or_compute_version0
 from ..utils.atomic import write_json_atomic
 from ..utils.memory import release_free_heap
 from .common import unwrap_model
+from .teacher import EMATeacher
 
 __all__ = ["PriorRefreshHook"]
 
@@ -47,17 +48,22 @@ class PriorRefreshHook(HookBase):
       version of this run in ``<bank>/prior_quality.json``.
     - a generator that reads the training steps instead of running the model (``rescore_online``: it has
       ``attach(model)``) is wired to the model by ``before_train``.
+    - with ``teacher_momentum`` m > 0 the generator reads a teacher instead of the model being trained: an
+      exponential moving average of the model's weights, updated after every step (:mod:`.teacher`) and
+      checkpointed with the version in use.
 
     Built from a yacs config by ``PriorRefreshHook(cfg, active_priors=..., dataset_dicts=..., mapper=...)``
     (``from_config``: the version-0 source and the refresh generator from their registries, the Box Smooth
-    settings, the period ``JOINDET.UPDATE_PERIOD_ITERS``, the prior-quality set ``JOINDET.PRIORS.EVAL_DATASET``),
+    settings, the period ``JOINDET.UPDATE_PERIOD_ITERS``, the teacher ``JOINDET.REFRESH.TEACHER_MOMENTUM``, the
+    prior-quality set ``JOINDET.PRIORS.EVAL_DATASET``),
     in a LazyConfig by ``L(PriorRefreshHook)(init_source=L(...)(...), generator=L(...)(...), ...)`` whose
     ``active_priors`` and ``dataset_dicts`` the engine supplies (objects a config does not hold).
     """
 
     @configurable
     def __init__(self, *, active_priors, dataset_dicts, dataset_name, init_source, generator, period=D.REFRESH_PERIOD,
-                 smooth=BoxSmoothSettings(), eval_dicts=None, stats_sample=2000):
+                 smooth=BoxSmoothSettings(), teacher_momentum=D.REFRESH_TEACHER_MOMENTUM, eval_dicts=None,
+                 stats_sample=2000):
         if not isinstance(smooth, BoxSmoothSettings):
             raise ValueError(f"smooth must be a BoxSmoothSettings, got {type(smooth).__name__}")
         if isinstance(period, bool) or int(period) != period or period < 0:
@@ -68,6 +74,10 @@ class PriorRefreshHook(HookBase):
         self.init_source = init_source
         self.generator = generator
         self.period = int(period)
+        if teacher_momentum and getattr(generator, "attach", None) is not None:
+            raise ValueError(f"a teacher (momentum {teacher_momentum}) is for generators that run a model; "
+                             f"{refresh_generator_name(generator)} reads the training steps")
+        self.teacher = EMATeacher(teacher_momentum) if teacher_momentum else None
         self.smooth = smooth
         self.eval_dicts = eval_dicts
         self.stats_sample = stats_sample
@@ -84,6 +94,7 @@ class PriorRefreshHook(HookBase):
             "init_source": build_prior_source_from_cfg(cfg, mapper),
             "generator": build_refresh_generator(cfg, mapper),
             "period": cfg.JOINDET.UPDATE_PERIOD_ITERS,
+            "teacher_momentum": cfg.JOINDET.REFRESH.TEACHER_MOMENTUM,
             "smooth": BoxSmoothSettings(cfg),
             "eval_dicts": DatasetCatalog.get(eval_name) if eval_name else None,
         }
@@ -94,9 +105,18 @@ class PriorRefreshHook(HookBase):
 
     # ------------------------------------------------------------------ checkpointed state
     def state_dict(self):
-        return {"version": int(self.active.version)}
+        state = {"version": int(self.active.version)}
+        if self.teacher is not None:
+            state["teacher"] = self.teacher.state_dict()
+        return state
 
     def load_state_dict(self, state):
+        if self.teacher is not None:
+            if "teacher" in state:
+                self.teacher.load_state_dict(state["teacher"])
+            else:
+                logger.warning("The checkpoint has no teacher (it was trained without one): the teacher starts "
+                               "as a copy of the loaded model")
         version = int(state["version"])
         if version >= 0:
             self.active.set_version(version)  # FileNotFoundError when the bank lost that version
@@ -107,6 +127,8 @@ class PriorRefreshHook(HookBase):
         attach = getattr(self.generator, "attach", None)
         if attach is not None:  # a generator that reads the training steps (rescore_online)
             attach(unwrap_model(self.trainer.model))
+        if self.teacher is not None:
+            self.teacher.start(unwrap_model(self.trainer.model))
         if comm.is_main_process():  # the main process is the bank's only writer
             for line in self.active.bank.recover():
                 logger.warning("Prior bank %s: %s", self.active.bank.root, line)
@@ -116,6 +138,8 @@ class PriorRefreshHook(HookBase):
         self._log_version(self.active.current(), previous=None)
 
     def after_step(self):
+        if self.teacher is not None:
+            self.teacher.update(unwrap_model(self.trainer.model))
         next_iter = self.trainer.iter + 1
         if self.period > 0 and next_iter % self.period == 0 and next_iter < self.trainer.max_iter:
             self.refresh()
@@ -136,7 +160,7 @@ class PriorRefreshHook(HookBase):
     def refresh(self):
         """Generate, smooth and publish the next prior version (every process takes part)."""
         start = time.perf_counter()
-        model = unwrap_model(self.trainer.model)
+        model = unwrap_model(self.trainer.model) if self.teacher is None else self.teacher.model
         previous = self.active.current()
         local = shard(self.dataset_dicts)
         current = self.generator(model, local, previous)
@@ -147,6 +171,7 @@ class PriorRefreshHook(HookBase):
         kept = sum(comm.all_gather(kept))
         version = previous.version + 1
         self._publish(version, shard_arrays, {"source": self.generator_name, "iteration": self.trainer.iter + 1,
+                                              "teacher_momentum": 0.0 if self.teacher is None else self.teacher.momentum,
                                               "momentum": self.smooth.momentum,
                                               "iou_threshold": self.smooth.iou_threshold,
                                               "soft_nms_sigma": self.smooth.soft_nms_sigma,

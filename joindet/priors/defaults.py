@@ -9,7 +9,7 @@ __all__ = [
     "TOPK", "NCUT_TAU", "NCUT_EPS", "NCUT_NUM_ROUNDS", "NCUT_NMS_THRESHOLD", "NCUT_CENTER", "NCUT_SOLVER",
     "NCUT_BATCH_SIZE", "NCUT_FEATURE_LEVEL", "NCUT_BACKBONE_FEATURE", "NCUT_COLOR_PATCH", "NCUT_COLOR_TAU",
     "SELECTIVE_SEARCH_MIN_SIDE", "SELECTIVE_SEARCH_NUM_WORKERS", "RANDOM_CROPS_SEED", "REFRESH_BATCH_SIZE",
-    "REFRESH_NMS_THRESHOLD", "SMOOTH_MOMENTUM", "SMOOTH_IOU_THRESHOLD", "SMOOTH_SOFT_NMS_SIGMA", "REFRESH_PERIOD",
+    "REFRESH_NMS_THRESHOLD", "REFRESH_TEACHER_MOMENTUM", "SMOOTH_MOMENTUM", "SMOOTH_IOU_THRESHOLD", "SMOOTH_SOFT_NMS_SIGMA", "REFRESH_PERIOD",
     "TRAIN_TOPK", "OBJECTNESS_TARGET", "DROP_LOSS_IOU",
 ]
 
@@ -31,6 +31,7 @@ SELECTIVE_SEARCH_NUM_WORKERS = 2  # processes computing selective-search priors
 RANDOM_CROPS_SEED = 0  # random-crop priors: seed
 REFRESH_BATCH_SIZE = 4  # detector, detector_ncut, rescore: images per forward pass of a refresh
 REFRESH_NMS_THRESHOLD = 0.7  # detector refreshes: NMS over an image's detections before the top K
+REFRESH_TEACHER_MOMENTUM = 0.0  # > 0: refreshes read an EMA teacher of this momentum (0 = the model itself)
 SMOOTH_MOMENTUM = 0.45  # Box Smooth m_s: weight of the precedent priors
 SMOOTH_IOU_THRESHOLD = 0.48  # Box Smooth clustering IoU threshold
 SMOOTH_SOFT_NMS_SIGMA = 0.0  # Gaussian Soft-NMS of the merged scores (0 = none, the paper's module)

@@ -10,6 +10,7 @@
 #   JOINDET.PRIORS.INIT_SOURCE's default), the refresh generator (generator: any class of
 #   joindet.priors.refresh.REFRESH_GENERATOR_REGISTRY, here the paper's ncut_encoder), the Box Smooth
 #   settings (smooth), the refresh period in iterations (period = JOINDET.UPDATE_PERIOD_ITERS; 0 = fixed priors)
+#   the teacher the refreshes read (teacher_momentum = JOINDET.REFRESH.TEACHER_MOMENTUM; 0 = the model itself)
 #   and the prior-quality set (eval_dicts, JOINDET.PRIORS.EVAL_DATASET). Its active_priors, dataset_dicts
 #   and dataset_name come from joindet.engine.lazy (the run's objects, shared with the train loader).
 # Switching a component is one assignment, e.g. prior_hook.init_source = L(SelectiveSearchSource)().
