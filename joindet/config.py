@@ -249,6 +249,9 @@ def add_joindet_config(cfg):
     _C.JOINDET.PRIORS.EVAL_DATASET = ""  # dataset with boxes to score each prior version against ("" = none)
     _C.JOINDET.NCUT = CN()
     _C.JOINDET.NCUT.TAU = D.NCUT_TAU  # affinity threshold tau of Eq. 1 (cosine similarity)
+    # > 0: a threshold relative to each image's own cosines (this quantile of its patch pairs') instead of TAU,
+    # so that the graph keeps about 1 - TAU_QUANTILE of its pairs as edges where every cosine exceeds TAU
+    _C.JOINDET.NCUT.TAU_QUANTILE = D.NCUT_TAU_QUANTILE
     _C.JOINDET.NCUT.EPS = D.NCUT_EPS  # affinity below tau (keeps the graph connected)
     _C.JOINDET.NCUT.CENTER = D.NCUT_CENTER  # subtract each image's mean feature before the cosine affinity
     _C.JOINDET.NCUT.NUM_ROUNDS = D.NCUT_NUM_ROUNDS  # NCut rounds per image, found patches masked out (MaskCut)
@@ -366,6 +369,7 @@ CONFIG_RULES = {
     "JOINDET.PRIORS.SEED": Integer(ge=0),
     "JOINDET.PRIORS.EVAL_DATASET": Text(),  # a registered dataset: checked once the datasets are registered
     "JOINDET.NCUT.TAU": Number(ge=-1, le=1),  # a cosine
+    "JOINDET.NCUT.TAU_QUANTILE": Number(ge=0, lt=1),
     "JOINDET.NCUT.EPS": Number(gt=0),
     "JOINDET.NCUT.CENTER": Flag(),
     "JOINDET.NCUT.NUM_ROUNDS": Integer(ge=1),

@@ -72,6 +72,7 @@ BAD_VALUES = [
     ("MODEL.DEFORMABLE_DETR.DROPOUT", 1.0, "in [0, 1) (a number)"),
     ("JOINDET.NCUT.TAU", -1.5, "in [-1, 1] (a number)"),
     ("JOINDET.NCUT.EPS", 0.0, "> 0 (a number)"),
+    ("JOINDET.NCUT.TAU_QUANTILE", 1.0, "in [0, 1) (a number)"),
     ("JOINDET.REFRESH.NMS_THRESH", 0.0, "in (0, 1] (a number)"),
     ("JOINDET.REFRESH.TEACHER_MOMENTUM", 1.0, "in [0, 1) (a number)"),
     ("SOLVER.EPOCHS", -1.0, ">= 0 (a number)"),

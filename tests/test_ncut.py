@@ -5,6 +5,8 @@ import scipy.linalg
 import torch
 
 from joindet.priors.ncut import (
+    RelativeTau,
+    _adjacency,
     affinity_matrix,
     border_of_valid,
     components_to_boxes,
@@ -393,3 +395,45 @@ def test_a_uniform_remaining_block_has_no_structure_though_the_whole_graph_has()
     left[:, :, :8] = True
     for solver in ("lanczos", "dense"):
         assert (eigen_attention_map(f, valid_mask=left, solver=solver) == 0).all()
+
+
+def test_relative_tau_is_each_images_quantile_of_its_valid_pairs():
+    """RelativeTau's thresholds against numpy's quantile of each image's distinct valid pairs (padding left
+    out), and the adjacency it gives against the absolute threshold of each image, outside a band of
+    rounding around the threshold."""
+    g = torch.Generator().manual_seed(3)
+    feats = torch.randn(2, 12, 8, generator=g, dtype=torch.float64)
+    valid = torch.ones(2, 12, dtype=torch.bool)
+    valid[1, 9:] = False  # the second image's last 3 nodes are padding
+    rel = RelativeTau(0.3, valid)
+    adjacency = _adjacency(feats, rel, torch.float64)
+    f = torch.nn.functional.normalize(feats, dim=-1)
+    gram = (f @ f.transpose(1, 2)).numpy()
+    for b in range(2):
+        idx = valid[b].nonzero().squeeze(1).numpy()
+        pairs = gram[b][np.ix_(idx, idx)][~np.eye(len(idx), dtype=bool)]
+        tau_b = np.quantile(pairs, 0.3)
+        assert rel.thresholds(torch.from_numpy(gram))[b].item() == pytest.approx(tau_b, abs=1e-12)
+        expected = gram[b] >= tau_b
+        away = np.abs(gram[b] - tau_b) > 1e-9
+        np.testing.assert_array_equal(adjacency[b].numpy().astype(bool)[away], expected[away])
+        # about 1 - quantile of the distinct valid pairs are edges
+        edges = adjacency[b].numpy().astype(bool)[np.ix_(idx, idx)][~np.eye(len(idx), dtype=bool)]
+        assert abs(edges.mean() - 0.7) <= 2.0 / len(pairs)
+    with pytest.raises(ValueError, match="tau_quantile must lie in \\(0, 1\\)"):
+        RelativeTau(1.0, valid)
+
+
+def test_relative_tau_finds_the_object_where_a_shared_component_collapses_the_graph():
+    """Every patch shares a large component (as encoder outputs do): every cosine exceeds 0.98, the absolute
+    tau's graph is complete and NCut finds nothing; the image's own median finds the planted square."""
+    f = _scene(16, 16, [(4, 6, 9, 11, 1)])
+    shared = _orthonormal(5, 32, 9)[4]  # orthogonal to the scene's vectors
+    collapsed = 0.3 * f + 3.0 * shared
+    square = np.array([6 * 8, 4 * 8, 11 * 8, 9 * 8], np.float32)
+    for feats, solver in ((collapsed, "dense"), (collapsed.float(), "lanczos")):
+        boxes, _ = priors_from_features(feats[None], [(128, 128)], solver=solver)[0]
+        assert len(boxes) == 0
+        boxes, scores = priors_from_features(feats[None], [(128, 128)], solver=solver, tau_quantile=0.5)[0]
+        np.testing.assert_allclose(boxes[0], square)
+        assert scores[0] == scores.max()

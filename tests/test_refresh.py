@@ -117,6 +117,28 @@ def test_each_generator_gives_valid_priors_for_every_image(tiny_model_and_data, 
             assert ((scores >= 0) & (scores <= 1)).all() and np.all(np.diff(scores) <= 1e-7)
 
 
+def test_ncut_encoder_with_a_relative_threshold_cuts_at_each_images_quantile(tiny_model_and_data, monkeypatch):
+    """JOINDET.NCUT.TAU_QUANTILE reaches the NCut of every refresh batch: each image's graph keeps about
+    1 - q of its pairs as edges, so NCut finds structure in every image of the tiny model."""
+    import joindet.priors.generation as generation
+
+    cfg, model, dicts = tiny_model_and_data
+    cfg = _with_refresh(cfg, generator="ncut_encoder")
+    cfg.JOINDET.NCUT.TAU_QUANTILE = 0.5
+    calls = []
+    real = generation.priors_from_features
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs["tau_quantile"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "priors_from_features", recording)
+    out = build_refresh_generator(cfg, DetrDatasetMapper(cfg, is_train=False))(model, dicts)
+    assert calls and set(calls) == {0.5}
+    assert sorted(out) == sorted(d["image_id"] for d in dicts)
+    assert all(len(out[d["image_id"]][1]) >= 1 for d in dicts)
+
+
 @pytest.mark.parametrize("quality", RESCORE_QUALITIES)
 def test_rescore_generator_scores_are_the_quality_of_the_models_predictions(tiny_model_and_data, quality):
     cfg, model, dicts = tiny_model_and_data

@@ -6,7 +6,7 @@ The components take their argument defaults from here (the version-0 sources, th
 same component (``tests/test_config_validation.py`` checks every ``from_config`` against the class defaults).
 """
 __all__ = [
-    "TOPK", "NCUT_TAU", "NCUT_EPS", "NCUT_NUM_ROUNDS", "NCUT_NMS_THRESHOLD", "NCUT_CENTER", "NCUT_SOLVER",
+    "TOPK", "NCUT_TAU", "NCUT_TAU_QUANTILE", "NCUT_EPS", "NCUT_NUM_ROUNDS", "NCUT_NMS_THRESHOLD", "NCUT_CENTER", "NCUT_SOLVER",
     "NCUT_BATCH_SIZE", "NCUT_FEATURE_LEVEL", "NCUT_BACKBONE_FEATURE", "NCUT_COLOR_PATCH", "NCUT_COLOR_TAU",
     "SELECTIVE_SEARCH_MIN_SIDE", "SELECTIVE_SEARCH_NUM_WORKERS", "RANDOM_CROPS_SEED", "REFRESH_BATCH_SIZE",
     "REFRESH_NMS_THRESHOLD", "REFRESH_TEACHER_MOMENTUM", "SMOOTH_MOMENTUM", "SMOOTH_IOU_THRESHOLD", "SMOOTH_SOFT_NMS_SIGMA", "REFRESH_PERIOD",
@@ -16,6 +16,7 @@ __all__ = [
 TOPK = 30  # priors kept per image, K (JOINDET.PRIORS.TOPK)
 # NCut (the eigen attention map) of the ncut_* sources and refreshes (JOINDET.NCUT.*)
 NCUT_TAU = 0.2  # affinity threshold tau of Eq. 1 (cosine similarity)
+NCUT_TAU_QUANTILE = 0.0  # > 0: each image's tau is this quantile of its patch-pair cosines (tau unused)
 NCUT_EPS = 1e-5  # affinity below tau (keeps the graph connected)
 NCUT_NUM_ROUNDS = 3  # NCut rounds per image, found patches masked out (MaskCut)
 NCUT_NMS_THRESHOLD = 0.7  # NMS over an image's priors before the top K

@@ -156,7 +156,8 @@ def run_over_images(model, dataset_dicts, mapper, fn, *, batch_size=4, num_worke
 
 def generate_ncut_priors(model, dataset_dicts, mapper, feature_fn, *, batch_size=D.NCUT_BATCH_SIZE, num_workers=0,
                          tau=D.NCUT_TAU, eps=D.NCUT_EPS, num_rounds=D.NCUT_NUM_ROUNDS, topk=D.TOPK,
-                         nms_threshold=D.NCUT_NMS_THRESHOLD, center=D.NCUT_CENTER, solver=D.NCUT_SOLVER):
+                         nms_threshold=D.NCUT_NMS_THRESHOLD, center=D.NCUT_CENTER, solver=D.NCUT_SOLVER,
+                         tau_quantile=D.NCUT_TAU_QUANTILE):
     """Priors for every image of ``dataset_dicts`` from NCut on the patch features ``feature_fn`` returns.
 
     Args:
@@ -164,7 +165,8 @@ def generate_ncut_priors(model, dataset_dicts, mapper, feature_fn, *, batch_size
         dataset_dicts: Detectron2 dicts with ``file_name``, ``height``, ``width``, ``image_id``.
         mapper: a test-time mapper (resize only).
         feature_fn: ``feature_fn(model, batched_inputs) -> (features (N, h, w, c), valid (N, h, w), sizes)``.
-        tau, eps, num_rounds, topk, nms_threshold, solver: see :func:`joindet.priors.ncut.priors_from_features`.
+        tau, eps, num_rounds, topk, nms_threshold, solver, tau_quantile: see
+            :func:`joindet.priors.ncut.priors_from_features`.
         center: subtract each image's mean feature first, so that the cosine of Eq. 1 measures how patches
             differ rather than the component they all share (encoder outputs share a large one).
 
@@ -176,7 +178,7 @@ def generate_ncut_priors(model, dataset_dicts, mapper, feature_fn, *, batch_size
             feats = center_features(feats, valid)
         sizes = [(x["height"], x["width"]) for x in batch]
         return priors_from_features(feats, sizes, valid_mask=valid, tau=tau, eps=eps, num_rounds=num_rounds,
-                                    topk=topk, nms_threshold=nms_threshold, solver=solver)
+                                    topk=topk, nms_threshold=nms_threshold, solver=solver, tau_quantile=tau_quantile)
 
     return run_over_images(model, dataset_dicts, mapper, ncut, batch_size=batch_size, num_workers=num_workers,
                            what="NCut priors")

@@ -36,6 +36,7 @@ from torchvision.ops import nms
 
 __all__ = [
     "affinity_matrix",
+    "RelativeTau",
     "second_eigenvector",
     "border_of_valid",
     "fix_sign",
@@ -99,15 +100,46 @@ def affinity_matrix(features: torch.Tensor, tau: float = 0.2, eps: float = 1e-5,
     return U
 
 
-def _adjacency(features: torch.Tensor, tau: float, dtype: torch.dtype) -> torch.Tensor:
+def _adjacency(features: torch.Tensor, tau, dtype: torch.dtype) -> torch.Tensor:
     """(B, N, N) in ``dtype``: 1 where ``cos(f_i, f_j) >= tau``, else 0 (all node pairs, before masking).
+    ``tau``: one threshold, or a :class:`RelativeTau` (each image's own, from its cosines).
 
     The solvers work on this 0/1 matrix: the affinity is ``U = eps + (1 - eps) * adjacency``, and its
     constant ``eps`` part is a rank-one term applied to vectors in O(N) (``U x = (1 - eps) adj x +
     eps sum(x)``), so no N x N temporary beyond the Gram matrix (thresholded in place) is ever made.
     """
     f = torch.nn.functional.normalize(features.to(dtype), dim=-1)
-    return (f @ f.transpose(1, 2)).ge_(tau)
+    gram = f @ f.transpose(1, 2)
+    if isinstance(tau, RelativeTau):
+        tau = tau.thresholds(gram)[:, None, None]
+    return gram.ge_(tau)
+
+
+class RelativeTau:
+    """A threshold relative to each image's own cosines: ``tau_b`` = the ``quantile`` of the cosines of
+    image b's pairs of distinct valid patches, so that about ``1 - quantile`` of its pairs are edges whatever
+    the scale of its similarities. An absolute ``tau`` fails where every patch of an image shares a large
+    component (encoder outputs on cluttered scenes): every cosine exceeds it, the graph is complete, and NCut
+    finds no structure. ``valid``: (B, N) bool, the patches that count."""
+
+    def __init__(self, quantile: float, valid: torch.Tensor):
+        if isinstance(quantile, bool) or not 0.0 < float(quantile) < 1.0:
+            raise ValueError(f"tau_quantile must lie in (0, 1) (0 = the absolute tau), got {quantile!r}")
+        self.quantile, self.valid = float(quantile), valid
+
+    def thresholds(self, gram: torch.Tensor) -> torch.Tensor:
+        """(B,) thresholds from the (B, N, N) cosines ``gram``; an image with fewer than two valid patches
+        gets +inf (no edge)."""
+        valid = self.valid.to(gram.device)
+        out = torch.full((gram.shape[0],), float("inf"), dtype=gram.dtype, device=gram.device)
+        for b in range(gram.shape[0]):
+            idx = valid[b].nonzero().squeeze(1)
+            if len(idx) < 2:
+                continue
+            pairs = gram[b][idx][:, idx]
+            off_diagonal = ~torch.eye(len(idx), dtype=torch.bool, device=gram.device)
+            out[b] = torch.quantile(pairs[off_diagonal], self.quantile)
+        return out
 
 
 def _affinity(adjacency: torch.Tensor, eps: float) -> torch.Tensor:
@@ -487,8 +519,8 @@ def _check_prior_args(image_sizes, B, num_rounds, topk, nms_threshold, min_patch
 def priors_from_features(features: torch.Tensor, image_sizes: Sequence[Tuple[float, float]],
                          valid_mask: Optional[torch.Tensor] = None, tau: float = 0.2,
                          eps: float = 1e-5, num_rounds: int = 3, topk: int = 30,
-                         nms_threshold: float = 0.7, min_patches: int = 1, solver: str = "lanczos"
-                         ) -> list:
+                         nms_threshold: float = 0.7, min_patches: int = 1, solver: str = "lanczos",
+                         tau_quantile: float = 0.0) -> list:
     """Scored object priors per image from NCut rounds on patch features.
 
     Round r (``num_rounds`` in all, each one batched over the images): eigen attention map on the
@@ -511,6 +543,8 @@ def priors_from_features(features: torch.Tensor, image_sizes: Sequence[Tuple[flo
         min_patches: regions with fewer patches give no box.
         solver: eigen solver (see :func:`second_eigenvector`). The affinity is computed once and only
             re-masked in each round.
+        tau_quantile: 0 (``tau`` is the threshold) or, in (0, 1), each image's threshold is this quantile of
+            the cosines of its valid patch pairs (:class:`RelativeTau`; ``tau`` is then unused).
 
     Returns:
         list of B tuples (boxes (k, 4) float32 XYXY absolute coords clipped to the image,
@@ -526,7 +560,8 @@ def priors_from_features(features: torch.Tensor, image_sizes: Sequence[Tuple[flo
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     h, w, c = features.shape[1:]
-    graph = _adjacency(features.reshape(B, h * w, c), tau, _graph_dtype(solver))  # the same in every round
+    threshold = RelativeTau(tau_quantile, valid_mask.reshape(B, h * w)) if tau_quantile else tau
+    graph = _adjacency(features.reshape(B, h * w, c), threshold, _graph_dtype(solver))  # the same in every round
     remaining = valid_mask.clone()
     found = [[] for _ in range(B)]
     for _ in range(int(num_rounds)):

@@ -35,7 +35,7 @@ from detectron2.utils.registry import Registry
 
 from . import defaults as D
 from .generation import center_features, generate_ncut_priors, run_over_images
-from .ncut import _check_graph_args, _check_prior_args, eigen_attention_map
+from .ncut import RelativeTau, _check_graph_args, _check_prior_args, eigen_attention_map
 from .online import OnlineObjectness
 from .rescore import DEFAULT_RESCORE_QUALITY, rescore_quality
 from ..utils.registry import register_by_name
@@ -74,10 +74,10 @@ def _register(name):
 def _ncut_args(cfg):
     n = cfg.JOINDET.NCUT
     return {"tau": n.TAU, "eps": n.EPS, "num_rounds": n.NUM_ROUNDS, "nms_threshold": n.NMS_THRESH,
-            "center": n.CENTER, "topk": cfg.JOINDET.PRIORS.TOPK, "solver": n.SOLVER}
+            "center": n.CENTER, "topk": cfg.JOINDET.PRIORS.TOPK, "solver": n.SOLVER, "tau_quantile": n.TAU_QUANTILE}
 
 
-_NCUT_ARGS = ("tau", "eps", "num_rounds", "topk", "nms_threshold", "center", "solver")
+_NCUT_ARGS = ("tau", "eps", "num_rounds", "topk", "nms_threshold", "center", "solver", "tau_quantile")
 
 
 def _check_ncut_args(ncut):
@@ -90,6 +90,8 @@ def _check_ncut_args(ncut):
     args.update(ncut)
     _check_graph_args(torch.zeros((1, 1, 1, 1)), args["tau"], args["eps"], None)
     _check_prior_args([[1.0, 1.0]], 1, args["num_rounds"], args["topk"], args["nms_threshold"], 1)
+    if args["tau_quantile"]:
+        RelativeTau(args["tau_quantile"], torch.ones((1, 1), dtype=torch.bool))
     if args["solver"] not in ("lanczos", "dense"):
         raise ValueError(f"solver must be 'lanczos' or 'dense', got {args['solver']!r}")
 
@@ -98,7 +100,7 @@ def _check_ncut_args(ncut):
 class NCutEncoderGenerator:
     """NCut priors on one level of the encoder's output (the paper's refresh). ``ncut``: the NCut arguments of
     :func:`joindet.priors.generation.generate_ncut_priors` (``tau``, ``eps``, ``num_rounds``, ``topk``,
-    ``nms_threshold``, ``center``, ``solver``); one left out takes that function's default."""
+    ``nms_threshold``, ``center``, ``solver``, ``tau_quantile``); one left out takes that function's default."""
 
     @configurable
     def __init__(self, *, mapper, feature_level=D.NCUT_FEATURE_LEVEL, batch_size=D.NCUT_BATCH_SIZE, **ncut):
