@@ -645,11 +645,17 @@ def test_ablation_real_tiny_run(subprocess_env, tmp_path):
     summary = ablation.main(
         ["--param", "JOINDET.SMOOTH.MOMENTUM", "--values", "0.45", "--seeds", "0",
          "--pretrain-config", PRETRAIN_CONFIG, "--finetune-config", FINETUNE_CONFIG, "--out-dir", str(out),
-         "--pretrain-opts", *TINY_PRETRAIN_OPTS, "--finetune-opts", *TINY_FINETUNE_OPTS],
+         "--pretrain-opts", *TINY_PRETRAIN_OPTS, "SOLVER.MAX_ITER", "5", "JOINDET.UPDATE_PERIOD_ITERS", "2",
+         "--finetune-opts", *TINY_FINETUNE_OPTS],
         env=subprocess_env,
     )
     run = out / "value_0.45" / "seed_0"
     result = json.loads((run / "result.json").read_text())
+    # the refresh cost, read from the real pretraining's log: 8 images / batch 2 = 4 iterations an epoch,
+    # refreshes after iterations 2 and 4 of 5 (versions 1 and 2)
+    cost = result["refresh_cost"]
+    assert cost["refreshes"] == 2 and cost["iters_per_epoch"] == 4.0 and cost["seconds_per_iter"] > 0
+    assert cost["fraction_of_epoch"] == pytest.approx(cost["seconds_mean"] / (4.0 * cost["seconds_per_iter"]))
     assert "Starting training" in (run / "pretrain.log").read_text()
     assert f"Loading from {run / 'pretrain' / 'model_final.pth'}" in (run / "finetune.log").read_text()
     assert result["dataset"] == "synth_val" and summary["rows"][0]["n"] == 1
@@ -704,3 +710,28 @@ def test_comparison_shows_the_prior_quality_of_the_last_version_beside_the_ap(tm
     again = ablation.main([*_comparison_args(methods_file, out), "--table-only"], runner=runner)
     assert {r["name"]: r for r in again["rows"]}["detreg"]["prior_quality_last"] == q
     assert "prior_quality" in json.loads((out / "method_detreg" / "seed_0" / "result.json").read_text())
+
+
+def test_refresh_cost_reads_the_log_the_config_and_the_bank(tmp_path):
+    """A refresh's seconds against an epoch's (images / batch x seconds per iteration); a version a resumed run
+    redid counts once (its last line), the last training speed counts; a run without refreshes costs 0."""
+    pretrain = tmp_path / "pretrain"
+    PriorBank(pretrain / "prior_bank").write_version(
+        0, list(range(1, 41)), [np.array([[0, 0, 8, 8]], np.float32)] * 40, [np.ones(1, np.float32)] * 40)
+    (pretrain / "config.yaml").write_text("SOLVER:\n  IMS_PER_BATCH: 8\n")
+    log = pretrain / "log.txt"
+    log.write_text(
+        "[12/06 20:59:17] joindet INFO: Prior bank version 1 at iteration 100 (ncut_encoder): 99.0 s, 3 images\n"
+        "[12/06 21:02:00] d2.engine.hooks INFO: Overall training speed: 120 iterations in 0:07:00 (3.5000 s / it)\n"
+        "[12/06 21:09:17] joindet INFO: Prior bank version 1 at iteration 100 (ncut_encoder): 10.0 s, 3 images\n"
+        "[12/06 21:19:17] joindet INFO: Prior bank version 2 at iteration 200 (ncut_encoder): 20.0 s, 0 images\n"
+        "[12/06 21:28:43] d2.engine.hooks INFO: Overall training speed: 298 iterations in 0:10:00 (2.0000 s / it)\n")
+    cost = ablation.refresh_cost(pretrain)
+    assert cost == {"refreshes": 2, "seconds_mean": 15.0, "seconds_per_iter": 2.0, "iters_per_epoch": 5.0,
+                    "fraction_of_epoch": pytest.approx(15.0 / 10.0)}
+    log.write_text("[12/06 21:28:43] d2.engine.hooks INFO: Overall training speed: 298 iterations in 0:10:00 "
+                   "(2.0000 s / it)\n")
+    assert ablation.refresh_cost(pretrain)["fraction_of_epoch"] == 0.0
+    log.write_text("no speed line: the run did not finish\n")
+    assert ablation.refresh_cost(pretrain) is None
+    assert ablation.refresh_cost(tmp_path / "missing") is None

@@ -72,7 +72,10 @@ Outputs in ``--out-dir``: ``table.md`` (one row per value or method: mean ± sam
 AP, AP50, AP75 over the seeds, and n; the first column is the key, or "method"), ``table.json`` (the
 same numbers and the per-seed values; JSON files hold a metric Detectron2 could not compute, reported
 as NaN, as null) and ``plot.png`` (``--metric`` per row with std error bars; a categorical x axis when
-a value is not a number, as for method names).
+a value is not a number, as for method names). Two diagnostics follow the AP columns when the runs have
+them, read from each pretraining's folder into its result.json: the quality of its last prior version
+against the hidden boxes (``prior_quality.json``) and what its refreshes cost as a fraction of one of its
+training epochs (``refresh_cost``).
 """
 import argparse
 import ast
@@ -498,11 +501,57 @@ def _with_prior_quality(run: Path, result: dict) -> dict:
     return {**result, "prior_quality": quality}
 
 
+# the refresh hook's line per refresh, and Detectron2's training speed, in a pretraining's log.txt
+_REFRESH_LINE = re.compile(r"Prior bank version (\d+) at iteration \d+ \([^)]*\): ([0-9.]+) s")
+_SPEED_LINE = re.compile(r"Overall training speed: \d+ iterations in \S+ \(([0-9.]+) s / it\)")
+
+
+def refresh_cost(pretrain_dir: Union[str, Path]) -> Optional[dict]:
+    """
+    What the prior refreshes of a finished pretraining cost, as a fraction of one of its training epochs.
+
+    Read from ``pretrain_dir``: ``log.txt`` (the refresh hook's "Prior bank version N at iteration I (...): S s"
+    per refresh, the last line of a version counting when a resumed run redid it; Detectron2's last "Overall
+    training speed ... (T s / it)"), ``config.yaml`` (``SOLVER.IMS_PER_BATCH``) and the bank's version 0 (the
+    number of images). Both times come from the same run on the same machine, so the ratio holds under load.
+
+    Returns:
+        {"refreshes", "seconds_mean", "seconds_per_iter", "iters_per_epoch", "fraction_of_epoch"} (a run that
+        never refreshed: 0 refreshes, fraction 0.0), or None when a file or the training speed is missing.
+    """
+    from joindet.priors.bank import PriorBank
+
+    pretrain_dir = Path(pretrain_dir)
+    try:
+        text = (pretrain_dir / "log.txt").read_text(encoding="utf-8", errors="replace")
+        batch = int(yaml.safe_load((pretrain_dir / "config.yaml").read_text(encoding="utf-8"))["SOLVER"]["IMS_PER_BATCH"])
+        num_images = int(PriorBank(pretrain_dir / "prior_bank").read(0).meta["num_images"])
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    speeds = _SPEED_LINE.findall(text)
+    if not speeds or batch < 1 or num_images < 1:
+        return None
+    seconds = {int(version): float(s) for version, s in _REFRESH_LINE.findall(text)}
+    per_iter, per_epoch = float(speeds[-1]), num_images / batch
+    mean = float(np.mean(list(seconds.values()))) if seconds else 0.0
+    return {"refreshes": len(seconds), "seconds_mean": mean, "seconds_per_iter": per_iter,
+            "iters_per_epoch": per_epoch, "fraction_of_epoch": mean / (per_epoch * per_iter)}
+
+
+def _with_refresh_cost(run: Path, result: dict) -> dict:
+    """``result`` with "refresh_cost" (:func:`refresh_cost` of its pretraining) if it lacks it and the
+    pretraining's files are there."""
+    if "refresh_cost" in result or not (run / "pretrain").is_dir():
+        return result
+    cost = refresh_cost(run / "pretrain")
+    return result if cost is None else {**result, "refresh_cost": cost}
+
+
 def _read_result(run: Path) -> dict:
-    """A finished run's result.json; one written without the prior quality gets it added (and is rewritten)
-    while the pretraining's bank is still there."""
+    """A finished run's result.json; one written without the prior quality or the refresh cost gets them
+    added (and is rewritten) while the pretraining's folder is still there."""
     result = json.loads((run / "result.json").read_text(encoding="utf-8"))
-    completed = _with_prior_quality(run, result)
+    completed = _with_refresh_cost(run, _with_prior_quality(run, result))
     if completed is not result:
         _write_json_atomic(run / "result.json", completed)
     return completed
@@ -565,7 +614,7 @@ def _run_one(row: _Row, seed: int, run: Path, prefix: str, launch: Sequence[str]
         **row.record, "seed": seed, "dataset": dataset, "bbox": bbox[dataset], "bbox_per_dataset": bbox,
         "pretrain_argv": pretrain_argv, "finetune_argv": finetune_argv, "timings": timings,
     }
-    result = _with_prior_quality(run, result)
+    result = _with_refresh_cost(run, _with_prior_quality(run, result))
     _write_json_atomic(result_file, result)
     log(f"{prefix}: {metric} = {bbox[dataset].get(metric)} on {dataset}")
     return result
@@ -901,12 +950,15 @@ def summarize(results: Sequence[Mapping], param: str, values: Sequence[str], met
             row["per_seed"][m] = per_seed
             row[m] = _mean_std(per_seed)
         rows.append(row)
-    for row in rows:  # the diagnostic: quality of each pretraining's last prior version
+    for row in rows:  # diagnostics: each pretraining's last prior version, and what its refreshes cost
         runs = sorted((r for r in results if r["value"] == row["value"]), key=lambda r: r["seed"])
         last = [r["prior_quality"][-1] for r in runs if r.get("prior_quality")]
         if last:
             row["prior_quality_last"] = {"versions": sorted({label for label, _ in last}), "n": len(last),
                                          **{m: _mean_std([q.get(m) for _, q in last]) for m in PRIOR_QUALITY_METRICS}}
+        costs = [r["refresh_cost"]["fraction_of_epoch"] for r in runs if r.get("refresh_cost")]
+        if costs:
+            row["refresh_cost"] = {"n": len(costs), **_mean_std(costs)}
     summary = {"param": param, "metric": metric, "rows": rows}
     if reference is not None:
         by_seed = {r["seed"]: r["bbox"][metric] for r in results if r["value"] == reference}
@@ -946,6 +998,11 @@ def format_ablation_table(summary: Mapping) -> str:
             q = r.get("prior_quality_last")
             cells.append("-" if q is None else
                          f"{'/'.join(q['versions'])}: {q['AP']['mean']:.1f} / {q['CorLoc']['mean']:.1f}")
+    if any("refresh_cost" in r for r in summary["rows"]):
+        headers.append("refresh / epoch")
+        for cells, r in zip(rows, summary["rows"]):
+            cost = r.get("refresh_cost")
+            cells.append("-" if cost is None or not cost["mean"] else f"{100 * cost['mean']:.0f}%")
     return tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True,
                     colalign=("left",) + ("right",) * (len(headers) - 1))
 
