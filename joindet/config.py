@@ -243,6 +243,9 @@ def add_joindet_config(cfg):
     # objectness target of the query matched to a prior: "one" (every prior is an object) or "refreshed_score"
     # (a prior of a refreshed version, >= 1: its score / the image's best score; version 0's priors: 1)
     _C.JOINDET.PRIORS.OBJECTNESS_TARGET = D.OBJECTNESS_TARGET
+    # loss weight of the pair a prior is matched in (its query's classification, box and embedding terms): "one",
+    # or "refreshed_score" (the same normalised score: a refresh's confidence, e.g. an EMA teacher's, weighs it)
+    _C.JOINDET.PRIORS.LOSS_WEIGHT = D.PRIOR_LOSS_WEIGHT
     _C.JOINDET.PRIORS.MIN_SIDE = D.SELECTIVE_SEARCH_MIN_SIDE  # selective search: shorter side resized to (DETReg)
     _C.JOINDET.PRIORS.NUM_WORKERS = D.SELECTIVE_SEARCH_NUM_WORKERS  # processes computing selective-search priors
     _C.JOINDET.PRIORS.SEED = D.RANDOM_CROPS_SEED  # random-crop priors: seed
@@ -364,6 +367,7 @@ CONFIG_RULES = {
     "JOINDET.PRIORS.TOPK": Integer(ge=1),
     "JOINDET.PRIORS.TRAIN_TOPK": Integer(ge=0),
     "JOINDET.PRIORS.OBJECTNESS_TARGET": OneOf("one", "refreshed_score"),
+    "JOINDET.PRIORS.LOSS_WEIGHT": OneOf("one", "refreshed_score"),
     "JOINDET.PRIORS.MIN_SIDE": Integer(ge=1),
     "JOINDET.PRIORS.NUM_WORKERS": Integer(ge=0),  # 0 = in the training process
     "JOINDET.PRIORS.SEED": Integer(ge=0),

@@ -81,6 +81,7 @@ BAD_VALUES = [
     ("MODEL.TIMM.NAME", "", "a non-empty string"),
     ("DATASETS.TRANSFER_DIR", None, "a string"),
     ("JOINDET.NCUT.SOLVER", "eigh", "one of 'lanczos', 'dense'"),
+    ("JOINDET.PRIORS.LOSS_WEIGHT", "score", "one of 'one', 'refreshed_score'"),
     ("JOINDET.EMBED_ENCODER", "copy", "one of 'backbone', 'frozen_copy'"),
     ("SOLVER.OPTIMIZER", "ADAM", "one of 'ADAMW', 'SGD' (in any case)"),
     ("JOINDET.NCUT.BACKBONE_FEATURE", "p4", "one of 'res1', 'res2', 'res3', 'res4', 'res5', 'res6'"),

@@ -321,3 +321,50 @@ def test_drop_loss_leaves_out_the_no_object_terms_of_queries_off_every_prior():
     assert loss(0.3) == pytest.approx(sum(terms[:2]), rel=FOCAL_REL)  # the matched query always stays
     with pytest.raises(ValueError, match="drop_loss_iou must be in"):
         ObjectEmbeddingCriterion(1, HungarianMatcher(), {}, drop_loss_iou=1.0)
+
+
+def test_per_target_weights_scale_each_matched_pairs_terms():
+    """A target's ``weight`` multiplies its matched query's classification, L1, GIoU and embedding terms, against
+    the per-pair terms computed without weights; unmatched queries keep weight 1 (DropLoss still drops them)."""
+    from joindet.modeling.joindet import ObjectEmbeddingCriterion
+
+    gen = torch.Generator().manual_seed(4)
+    outputs, targets = _random_batch(gen, 2, 5, 1, [2, 1])
+    outputs["pred_embed"] = torch.randn(2, 5, 3, generator=gen)
+    for t in targets:
+        t["labels"] = torch.zeros_like(t["labels"])
+        t["embeddings"] = torch.randn(len(t["boxes"]), 3, generator=gen)
+    indices = [([3, 0], [0, 1]), ([2], [0])]  # image 0: query 3 <- target 0, query 0 <- target 1
+    weights = [torch.tensor([0.5, 0.0]), torch.tensor([0.25])]
+
+    def crit(drop=0.0):
+        return ObjectEmbeddingCriterion(1, FixedMatcher(indices), build_weight_dict(2, 5, 2, 0, False),
+                                        focal_alpha=ALPHA, focal_gamma=GAMMA, drop_loss_iou=drop)
+
+    plain = crit()(outputs, targets)
+    weighted = crit()(outputs, [dict(t, weight=w) for t, w in zip(targets, weights)])
+    ones = crit()(outputs, [dict(t, weight=torch.ones(len(w))) for t, w in zip(targets, weights)])
+    for k in ("loss_ce", "loss_bbox", "loss_giou", "loss_embed"):  # weight 1 everywhere is no weight
+        torch.testing.assert_close(ones[k], plain[k], rtol=_sum_rtol(10), atol=0)
+
+    # per-pair terms by themselves: each loss of the single pair (one matched query, one target)
+    def single(b, q, j):
+        out = {k: v[b:b + 1] for k, v in outputs.items()}
+        tgt = [{k: v[j:j + 1] for k, v in targets[b].items()}]
+        return ObjectEmbeddingCriterion(1, FixedMatcher([([q], [0])]), build_weight_dict(2, 5, 2, 0, False),
+                                        focal_alpha=ALPHA, focal_gamma=GAMMA)(out, tgt)
+
+    pairs = [(0, 3, 0, 0.5), (0, 0, 1, 0.0), (1, 2, 0, 0.25)]
+    num_boxes = 3
+    for k in ("loss_bbox", "loss_giou", "loss_embed"):
+        want = sum(w * single(b, q, j)[k].item() for b, q, j, w in pairs) / num_boxes
+        assert weighted[k].item() == pytest.approx(want, rel=1e-5, abs=1e-7)
+    logits = outputs["pred_logits"][..., 0].tolist()
+    matched = {(b, q): w for b, q, _, w in pairs}
+    want_ce = sum(matched.get((b, q), 1.0) * _focal_by_hand(logits[b][q], 1.0 if (b, q) in matched else 0.0)
+                  for b in range(2) for q in range(5)) / num_boxes
+    assert weighted["loss_ce"].item() == pytest.approx(want_ce, rel=FOCAL_REL)
+    # with DropLoss too: the weights stay on the matched queries, the dropped unmatched ones count 0
+    dropped = crit(0.99)(outputs, [dict(t, weight=w) for t, w in zip(targets, weights)])
+    want_drop = sum(w * _focal_by_hand(logits[b][q], 1.0) for (b, q), w in matched.items()) / num_boxes
+    assert dropped["loss_ce"].item() == pytest.approx(want_drop, rel=FOCAL_REL)

@@ -78,6 +78,20 @@ def test_refreshed_scores_reach_the_criterion(synthetic_cache, tmp_path):
         kept = x["instances"].gt_prior_index.numpy()
         assert len(kept) >= 1
         torch.testing.assert_close(t["quality"].cpu(), torch.tensor(scores)[kept] / 0.6)
+        assert "weight" not in t
     cfg = _pretrain_cfg(tmp_path / "hard", "SOLVER.MAX_ITER", "1")
     _, targets = _criterion_targets(cfg, scores)
-    assert all("quality" not in t for t in targets)
+    assert all("quality" not in t and "weight" not in t for t in targets)
+
+
+def test_refreshed_scores_as_loss_weights_reach_the_criterion(synthetic_cache, tmp_path):
+    """JOINDET.PRIORS.LOSS_WEIGHT refreshed_score: each prior's normalised score weighs its pair's terms; the
+    objectness target stays 1."""
+    scores = [0.6, 0.3, 0.15]
+    cfg = _pretrain_cfg(tmp_path / "weighted", "SOLVER.MAX_ITER", "1", "JOINDET.LSJ.MIN_SCALE", "1.0",
+                        "JOINDET.LSJ.MAX_SCALE", "1.0", "JOINDET.PRIORS.LOSS_WEIGHT", "refreshed_score")
+    batch, targets = _criterion_targets(cfg, scores)
+    for x, t in zip(batch, targets):
+        kept = x["instances"].gt_prior_index.numpy()
+        torch.testing.assert_close(t["weight"].cpu(), torch.tensor(scores)[kept] / 0.6)
+        assert "quality" not in t

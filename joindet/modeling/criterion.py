@@ -158,14 +158,35 @@ class SetCriterion(nn.Module):
         return {"loss_ce": loss / num_boxes}
 
     def label_loss_weight(self, outputs, targets, indices: Indices) -> Optional[torch.Tensor]:
-        """A (B, Q) weight of each query's classification terms, or None (all 1). A subclass overrides it
-        (e.g. to drop the no-object terms of some queries)."""
-        return None
+        """A (B, Q) weight of each query's classification terms, or None (all 1): a matched query's is its
+        target's ``weight`` (see :meth:`pair_weights`), every other query's 1. A subclass may change it (e.g.
+        to drop the no-object terms of some queries)."""
+        pair = self.pair_weights(targets, indices)
+        if pair is None:
+            return None
+        logits = outputs["pred_logits"]
+        weight = torch.ones(logits.shape[:2], dtype=logits.dtype, device=logits.device)
+        batch_idx, pred_idx = self._matched(indices)
+        weight[batch_idx.to(logits.device), pred_idx.to(logits.device)] = pair.to(logits.device, logits.dtype)
+        return weight
+
+    @staticmethod
+    def pair_weights(targets, indices: Indices) -> Optional[torch.Tensor]:
+        """(K,) float32 loss weights of the K matched pairs, in :meth:`_matched` order, when a target dict has
+        ``weight`` (n,) (a per-target loss weight: its matched query's classification, box and any other
+        per-pair terms are multiplied by it; a target dict without it weighs 1); None when none has one."""
+        if not any("weight" in t for t in targets):
+            return None
+        return torch.cat([
+            t.get("weight", torch.ones(len(t["labels"]), device=t["labels"].device))[j.to(t["labels"].device)].float()
+            for t, (_, j) in zip(targets, indices)
+        ])
 
     def loss_boxes(self, outputs, targets, indices: Indices, num_boxes: float):
         """
         L1 distance between the matched (cx, cy, w, h) boxes and 1 - GIoU of their
-        (x1, y1, x2, y2) forms, each summed over the matched pairs and divided by ``num_boxes``.
+        (x1, y1, x2, y2) forms, each summed over the matched pairs (weighted by :meth:`pair_weights` when
+        the targets have them) and divided by ``num_boxes``.
 
         Returns:
             {"loss_bbox": scalar float tensor, "loss_giou": scalar float tensor}
@@ -176,10 +197,18 @@ class SetCriterion(nn.Module):
         tgt = torch.cat(
             [t["boxes"][j.to(t["boxes"].device)] for t, (_, j) in zip(targets, indices)]
         ).to(device=pred.device, dtype=torch.float32)
-        loss_bbox = F.l1_loss(src, tgt, reduction="sum")
-        loss_giou = generalized_box_iou_loss(
-            box_convert(src, "cxcywh", "xyxy"), box_convert(tgt, "cxcywh", "xyxy"), reduction="sum"
-        )
+        weight = self.pair_weights(targets, indices)
+        if weight is None:
+            loss_bbox = F.l1_loss(src, tgt, reduction="sum")
+            loss_giou = generalized_box_iou_loss(
+                box_convert(src, "cxcywh", "xyxy"), box_convert(tgt, "cxcywh", "xyxy"), reduction="sum"
+            )
+        else:  # per-target loss weights: each pair's terms scaled by its target's weight
+            weight = weight.to(pred.device)
+            loss_bbox = (F.l1_loss(src, tgt, reduction="none").sum(-1) * weight).sum()
+            loss_giou = (generalized_box_iou_loss(
+                box_convert(src, "cxcywh", "xyxy"), box_convert(tgt, "cxcywh", "xyxy"), reduction="none"
+            ) * weight).sum()
         return {"loss_bbox": loss_bbox / num_boxes, "loss_giou": loss_giou / num_boxes}
 
     def get_loss(self, name: str, outputs, targets, indices: Indices, num_boxes: float):

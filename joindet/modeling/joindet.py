@@ -21,7 +21,7 @@ __all__ = ["JoinDet", "ObjectEmbeddingCriterion", "PRETRAIN_ONLY_PREFIXES", "pri
 PRETRAIN_ONLY_PREFIXES = ("class_embed.", "embed_head.", "embed_encoder.", "transformer.decoder.class_embed.")
 
 
-OBJECTNESS_TARGETS = ("one", "refreshed_score")  # JOINDET.PRIORS.OBJECTNESS_TARGET
+OBJECTNESS_TARGETS = ("one", "refreshed_score")  # JOINDET.PRIORS.OBJECTNESS_TARGET and LOSS_WEIGHT
 
 
 def prior_objectness_targets(x, mode):
@@ -46,7 +46,7 @@ def prior_objectness_targets(x, mode):
         raise ValueError(f"objectness target mode must be one of {OBJECTNESS_TARGETS}, got {mode!r}")
     for key in ("prior_version", "prior_best_score"):
         if key not in x:
-            raise ValueError(f"the objectness target 'refreshed_score' needs {key!r} in each training input "
+            raise ValueError(f"'refreshed_score' (an objectness target or loss weight) needs {key!r} in each training input "
                              f"(JoinDetDatasetMapper adds it); input {x.get('file_name')} has none")
     scores = x["instances"].gt_scores.float()
     best = float(x["prior_best_score"])
@@ -73,10 +73,12 @@ class ObjectEmbeddingCriterion(SetCriterion):
         self.loss_map["embed"] = self.loss_embed
 
     def label_loss_weight(self, outputs, targets, indices):
-        """DropLoss (``drop_loss_iou`` > 0): 0 for a query matched to no prior whose box overlaps every prior of
-        its image at IoU <= ``drop_loss_iou``, else 1."""
+        """The per-target weights of the matched queries (:meth:`SetCriterion.label_loss_weight`), and DropLoss
+        (``drop_loss_iou`` > 0): 0 for a query matched to no prior whose box overlaps every prior of its image
+        at IoU <= ``drop_loss_iou``."""
+        weight = super().label_loss_weight(outputs, targets, indices)
         if self.drop_loss_iou <= 0:
-            return None
+            return weight
         boxes = box_convert(outputs["pred_boxes"].detach(), "cxcywh", "xyxy")  # (B, Q, 4), normalised
         keep = torch.zeros(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
         for i, (t, (pred_idx, _)) in enumerate(zip(targets, indices)):
@@ -84,14 +86,18 @@ class ObjectEmbeddingCriterion(SetCriterion):
                 priors = box_convert(t["boxes"].to(boxes.device, boxes.dtype), "cxcywh", "xyxy")
                 keep[i] = box_iou(boxes[i], priors).amax(dim=1) > self.drop_loss_iou
             keep[i, pred_idx.to(boxes.device)] = True
-        return keep.to(outputs["pred_logits"].dtype)
+        keep = keep.to(outputs["pred_logits"].dtype)
+        return keep if weight is None else keep * weight
 
     def loss_embed(self, outputs, targets, indices, num_boxes):
         batch_idx, src_idx = self._matched(indices)
         pred = outputs["pred_embed"][batch_idx, src_idx]
         target = torch.cat([t["embeddings"][j] for t, (_, j) in zip(targets, indices)], dim=0)
-        loss = F.l1_loss(pred, target.to(pred.dtype), reduction="none").mean(-1).sum() / num_boxes
-        return {"loss_embed": loss}
+        per_pair = F.l1_loss(pred, target.to(pred.dtype), reduction="none").mean(-1)
+        weight = self.pair_weights(targets, indices)
+        if weight is not None:
+            per_pair = per_pair * weight.to(per_pair.device, per_pair.dtype)
+        return {"loss_embed": per_pair.sum() / num_boxes}
 
 
 @META_ARCH_REGISTRY.register()
@@ -99,7 +105,8 @@ class JoinDet(DeformableDETR):
     """Deformable DETR for unsupervised pretraining.
 
     Training inputs carry the priors as ``instances.gt_boxes`` (every prior is class 0, "object"; its matched
-    query's objectness target is 1 or, with ``objectness_target``, see ``prior_objectness_targets``) and
+    query's objectness target is 1 or, with ``objectness_target``, see ``prior_objectness_targets``; with
+    ``loss_weight`` "refreshed_score" that score also weighs the pair's classification, box and embedding terms) and
     their crops as ``prior_crops`` (n, 3, S, S) uint8 in the input format, aligned with the instances.
     Extra output: ``pred_embed`` (N, Q, E). The embedding targets come from ``embed_encoder`` (frozen,
     eval mode, no gradient): global-average-pooled ``res5`` of the crops. With ``embed_encoder="backbone"``
@@ -108,11 +115,14 @@ class JoinDet(DeformableDETR):
     """
 
     @configurable
-    def __init__(self, *, embed_dim, embed_encoder="backbone", objectness_target=D.OBJECTNESS_TARGET, **kwargs):
+    def __init__(self, *, embed_dim, embed_encoder="backbone", objectness_target=D.OBJECTNESS_TARGET,
+                 loss_weight=D.PRIOR_LOSS_WEIGHT, **kwargs):
         super().__init__(**kwargs)
-        if objectness_target not in OBJECTNESS_TARGETS:
-            raise ValueError(f"objectness_target must be one of {OBJECTNESS_TARGETS}, got {objectness_target!r}")
+        for name, value in (("objectness_target", objectness_target), ("loss_weight", loss_weight)):
+            if value not in OBJECTNESS_TARGETS:
+                raise ValueError(f"{name} must be one of {OBJECTNESS_TARGETS}, got {value!r}")
         self.objectness_target = objectness_target
+        self.loss_weight = loss_weight
         # where training steps record their priors' objectness (set_objectness_recorder; rescore_online)
         self.objectness_recorder = None
         d_model = self.transformer.d_model
@@ -139,6 +149,7 @@ class JoinDet(DeformableDETR):
         args["embed_dim"] = cfg.JOINDET.EMBED_DIM
         args["embed_encoder"] = cfg.JOINDET.EMBED_ENCODER
         args["objectness_target"] = cfg.JOINDET.PRIORS.OBJECTNESS_TARGET
+        args["loss_weight"] = cfg.JOINDET.PRIORS.LOSS_WEIGHT
         return args
 
     @classmethod
@@ -220,6 +231,9 @@ class JoinDet(DeformableDETR):
             quality = prior_objectness_targets(x, self.objectness_target)
             if quality is not None:
                 t["quality"] = quality.to(self.device)
+            weight = prior_objectness_targets(x, self.loss_weight)  # the same normalised score, as a loss weight
+            if weight is not None:
+                t["weight"] = weight.to(self.device)
         return targets
 
     @staticmethod

@@ -10,7 +10,7 @@ __all__ = [
     "NCUT_BATCH_SIZE", "NCUT_FEATURE_LEVEL", "NCUT_BACKBONE_FEATURE", "NCUT_COLOR_PATCH", "NCUT_COLOR_TAU",
     "SELECTIVE_SEARCH_MIN_SIDE", "SELECTIVE_SEARCH_NUM_WORKERS", "RANDOM_CROPS_SEED", "REFRESH_BATCH_SIZE",
     "REFRESH_NMS_THRESHOLD", "REFRESH_TEACHER_MOMENTUM", "SMOOTH_MOMENTUM", "SMOOTH_IOU_THRESHOLD", "SMOOTH_SOFT_NMS_SIGMA", "REFRESH_PERIOD",
-    "TRAIN_TOPK", "OBJECTNESS_TARGET", "DROP_LOSS_IOU",
+    "TRAIN_TOPK", "OBJECTNESS_TARGET", "PRIOR_LOSS_WEIGHT", "DROP_LOSS_IOU",
 ]
 
 TOPK = 30  # priors kept per image, K (JOINDET.PRIORS.TOPK)
@@ -40,4 +40,5 @@ REFRESH_PERIOD = 0  # iterations between prior refreshes (0 = never: fixed prior
 # how the priors supervise the detector (the pretraining mapper, the JoinDet model and its criterion)
 TRAIN_TOPK = 0  # the highest-scored priors of an image that supervise the detector (0 = all K)
 OBJECTNESS_TARGET = "one"  # objectness target of a prior's matched query: "one" or "refreshed_score"
+PRIOR_LOSS_WEIGHT = "one"  # loss weight of a prior's matched pair: "one" or "refreshed_score"
 DROP_LOSS_IOU = 0.0  # DropLoss: no no-object term off every prior at this IoU (0 = off)

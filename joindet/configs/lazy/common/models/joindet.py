@@ -16,4 +16,5 @@ model.criterion._target_ = ObjectEmbeddingCriterion
 model.criterion.weight_dict.extra = {"loss_embed": 1.0}
 model.embed_dim = 2048  # = the embedding encoder's res5 channels (R50)
 model.embed_encoder = "backbone"  # "frozen_copy": a frozen copy of the initial backbone (when the backbone trains)
-# objectness_target (JOINDET.PRIORS.OBJECTNESS_TARGET): JoinDet's default, "one"
+# objectness_target (JOINDET.PRIORS.OBJECTNESS_TARGET) and loss_weight (JOINDET.PRIORS.LOSS_WEIGHT): JoinDet's
+# defaults, "one"
