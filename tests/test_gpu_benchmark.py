@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -116,13 +117,25 @@ def test_runner_reports_each_part_and_writes_the_summary(monkeypatch, tmp_path, 
     assert "| good | passed |" in printed and "| hang | timed out |" in printed
     assert "boom" in printed  # the log tail of a failed part
     assert f"summary: {out / 'summary.json'}" in printed
-    # the hung part's own child was killed with its process group (gone, or a zombie not yet reaped)
+    # the hung part's own child was killed with its process group: it ends (gone, or a zombie not yet reaped).
+    # A signalled process on a loaded machine may take a moment to exit, so wait for it, up to a deadline.
     child = int(pid_file.read_text())
-    try:
-        with open(f"/proc/{child}/status") as f:
-            assert any(line.split()[1] == "Z" for line in f if line.startswith("State:"))
-    except FileNotFoundError:
-        pass
+    assert _ends_within(child, 30.0), f"the hung part's child {child} is still running"
+
+
+def _ends_within(pid, deadline_s):
+    """True once process ``pid`` is gone or a zombie, polling until ``deadline_s`` seconds have passed."""
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                if any(line.split()[1] == "Z" for line in f if line.startswith("State:")):
+                    return True
+        except FileNotFoundError:
+            return True
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
 
 
 def test_ncut_benchmark_cuda_bookkeeping_with_faked_cuda_calls(monkeypatch, one_torch_thread):
