@@ -424,6 +424,20 @@ def test_relative_tau_is_each_images_quantile_of_its_valid_pairs():
         RelativeTau(1.0, valid)
 
 
+def test_linear_quantile_equals_torch_quantile_and_has_no_size_limit():
+    """The order-statistic quantile of RelativeTau against torch.quantile, and on more values than
+    torch.quantile accepts (2**24: an image of more than 4096 patches)."""
+    from joindet.priors.ncut import _linear_quantile
+
+    g = torch.Generator().manual_seed(5)
+    for n in (2, 3, 17, 1000):
+        values = torch.randn(n, generator=g, dtype=torch.float64)
+        for q in (0.1, 0.3, 0.5, 0.9):
+            assert _linear_quantile(values, q).item() == pytest.approx(torch.quantile(values, q).item(), abs=1e-12)
+    big = torch.arange(2 ** 24 + 2, dtype=torch.float64)  # 0, 1, ..., 2**24 + 1: the median is 2**23 + 0.5
+    assert _linear_quantile(big, 0.5).item() == 2 ** 23 + 0.5
+
+
 def test_relative_tau_finds_the_object_where_a_shared_component_collapses_the_graph():
     """Every patch shares a large component (as encoder outputs do): every cosine exceeds 0.98, the absolute
     tau's graph is complete and NCut finds nothing; the image's own median finds the planted square."""

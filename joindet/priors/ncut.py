@@ -138,8 +138,19 @@ class RelativeTau:
                 continue
             pairs = gram[b][idx][:, idx]
             off_diagonal = ~torch.eye(len(idx), dtype=torch.bool, device=gram.device)
-            out[b] = torch.quantile(pairs[off_diagonal], self.quantile)
+            out[b] = _linear_quantile(pairs[off_diagonal], self.quantile)
         return out
+
+
+def _linear_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """``torch.quantile(values, q)`` (linear interpolation between the two nearest order statistics) by
+    ``kthvalue``, which has no size limit: ``torch.quantile`` refuses more than 2**24 values, i.e. an image of
+    more than 4096 patches."""
+    pos = q * (values.numel() - 1)
+    lo = int(pos)
+    below = values.kthvalue(lo + 1).values
+    above = values.kthvalue(min(lo + 2, values.numel())).values
+    return torch.lerp(below, above, torch.tensor(pos - lo, dtype=values.dtype, device=values.device))
 
 
 def _affinity(adjacency: torch.Tensor, eps: float) -> torch.Tensor:
