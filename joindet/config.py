@@ -270,6 +270,10 @@ def add_joindet_config(cfg):
     _C.JOINDET.SMOOTH.IOU_THRESHOLD = D.SMOOTH_IOU_THRESHOLD  # clustering IoU threshold of the Box Smooth Module
     # Gaussian Soft-NMS sigma of the merged scores of each image (boxes kept; 0 = none, the paper's module)
     _C.JOINDET.SMOOTH.SOFT_NMS_SIGMA = D.SMOOTH_SOFT_NMS_SIGMA
+    # box_smooth (the paper: clusters between the two sets, momentum-weighted means) or replace (CutLER: the
+    # current priors enter as they are, a precedent prior stays, at momentum x its score, where none overlaps it)
+    _C.JOINDET.SMOOTH.RULE = D.SMOOTH_RULE
+    _C.JOINDET.SMOOTH.MIN_SCORE = D.SMOOTH_MIN_SCORE  # current priors scored below this take no part
     _C.JOINDET.REFRESH = CN()
     _C.JOINDET.REFRESH.GENERATOR = "ncut_encoder"  # refresh: ncut_encoder (the paper), detector, detector_ncut, rescore, rescore_online
     _C.JOINDET.REFRESH.NMS_THRESH = D.REFRESH_NMS_THRESHOLD  # detector refreshes: NMS of an image's detections, then top K
@@ -387,6 +391,8 @@ CONFIG_RULES = {
     "JOINDET.SMOOTH.MOMENTUM": Number(ge=0, le=1),  # m_s
     "JOINDET.SMOOTH.IOU_THRESHOLD": Number(gt=0, lt=1),
     "JOINDET.SMOOTH.SOFT_NMS_SIGMA": Number(ge=0),
+    "JOINDET.SMOOTH.RULE": OneOf("box_smooth", "replace"),  # joindet.priors.defaults.SMOOTH_RULES
+    "JOINDET.SMOOTH.MIN_SCORE": Number(ge=0),
     "JOINDET.REFRESH.GENERATOR": Registered("joindet.priors.refresh", "REFRESH_GENERATOR_REGISTRY", "refresh generator"),
     "JOINDET.REFRESH.NMS_THRESH": Number(gt=0, le=1),
     "JOINDET.REFRESH.BATCH_SIZE": Integer(ge=1),

@@ -410,3 +410,75 @@ def test_smoothing_with_soft_nms_keeps_the_boxes_and_reranks_duplicates():
     np.testing.assert_allclose(snms_s, [0.9, 0.6, 0.85 * np.exp(-iou ** 2 / 0.5)], rtol=1e-6)
     with pytest.raises(ValueError, match="soft_nms_sigma"):
         smooth_priors(old_b, old_s, old_b, old_s, BoxSmoothSettings(soft_nms_sigma=-1.0))
+
+
+def reference_replace(old_b, old_s, new_b, new_s, m, thr, topk, min_score):
+    """Loop reference of the "replace" rule (CutLER's merge), float64: the current boxes scored at least
+    ``min_score`` enter with their scores; a precedent box stays, at m x its score, where none of them overlaps it
+    at IoU > ``thr``; the top K by score (ties: precedent first)."""
+    news = [(np.float64(b), float(s)) for b, s in zip(new_b, new_s) if (1 - m) * float(s) > 0 and float(s) >= min_score]
+    olds = [(np.float64(b), m * float(s)) for b, s in zip(old_b, old_s) if m * float(s) > 0
+            and all(np_iou(b, nb) <= thr for nb, _ in news)]
+    out = sorted(olds + news, key=lambda t: -t[1])[:topk]  # sorted() is stable: precedent first on ties
+    return np.array([b for b, _ in out]).reshape(-1, 4), np.array([s for _, s in out])
+
+
+@pytest.mark.parametrize("seed,m,thr,min_score", [(0, 0.45, 0.5, 0.0), (1, 0.2, 0.3, 0.5), (2, 0.9, 0.65, 0.7)])
+def test_replace_rule_matches_loop_reference(seed, m, thr, min_score):
+    rng = np.random.default_rng(seed)
+    counts_old, counts_new = [25, 0, 8, 12], [30, 6, 0, 12]
+    olds = [random_priors(rng, n) for n in counts_old]
+    news = [random_priors(rng, n) for n in counts_new]
+    settings = BoxSmoothSettings(momentum=m, iou_threshold=thr, topk=20, rule="replace", min_score=min_score)
+    cat = lambda parts, i: torch.as_tensor(np.concatenate([p[i] for p in parts]), dtype=torch.float64)  # noqa: E731
+    boxes, scores, counts = smooth_priors_batched(cat(olds, 0), cat(olds, 1), torch.tensor(counts_old),
+                                                  cat(news, 0), cat(news, 1), torch.tensor(counts_new), settings,
+                                                  chunk_images=3)  # a block border inside the batch
+    starts = np.concatenate([[0], np.cumsum(counts.numpy())])
+    for i, ((ob, os_), (nb, ns)) in enumerate(zip(olds, news)):
+        ref_b, ref_s = reference_replace(ob, os_, nb, ns, m, thr, 20, min_score)
+        got_b, got_s = boxes[starts[i]:starts[i + 1]].numpy(), scores[starts[i]:starts[i + 1]].numpy()
+        assert got_b.shape == ref_b.shape, i
+        np.testing.assert_allclose(got_b, ref_b, rtol=1e-12)  # boxes are copied, never averaged
+        np.testing.assert_allclose(got_s, ref_s, rtol=1e-12)
+    # the single-image entry point agrees with the batched one
+    b0, s0 = smooth_priors(*olds[0], *news[0], settings)
+    np.testing.assert_allclose(b0, boxes[:starts[1]].numpy().astype(np.float32))
+
+
+def test_replace_rule_by_hand():
+    """A current box overlapping a precedent one replaces it; a precedent box nothing overlaps stays at m x its
+    score; a current box below min_score takes no part, so the precedent box it overlaps stays."""
+    m = 0.5
+    old_b = np.stack([SQUARE, shifted(40), shifted(80)])
+    old_s = np.float32([1.0, 0.8, 0.6])
+    new_b = np.stack([shifted(1), shifted(81)])  # IoU 9/11 with old 0, IoU 9/11 with old 2
+    new_s = np.float32([0.9, 0.2])
+    settings = BoxSmoothSettings(momentum=m, iou_threshold=0.5, topk=10, rule="replace", min_score=0.3)
+    boxes, scores = smooth_priors(old_b, old_s, new_b, new_s, settings)
+    np.testing.assert_array_equal(boxes, np.stack([shifted(1), shifted(40), shifted(80)]))
+    np.testing.assert_allclose(scores, [0.9, m * 0.8, m * 0.6], rtol=1e-6)
+    # the paper's rule averages the overlapping pair instead, and keeps the low-scored current box apart
+    boxes, _ = smooth_priors(old_b, old_s, new_b, new_s, BoxSmoothSettings(momentum=m, iou_threshold=0.5, topk=10))
+    assert not any(np.array_equal(b, shifted(1)) for b in boxes)
+
+
+@pytest.mark.parametrize("kwargs,match", [({"rule": "cutler"}, "rule must be one of"),
+                                          ({"min_score": -0.1}, "min_score must be >= 0")])
+def test_bad_rule_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BoxSmoothSettings(**kwargs)
+
+
+def test_min_score_leaves_the_paper_rule_unchanged_at_zero_and_filters_above():
+    rng = np.random.default_rng(11)
+    old_b, old_s = random_priors(rng, 20)
+    new_b, new_s = random_priors(rng, 20)
+    b0, s0 = smooth_priors(old_b, old_s, new_b, new_s, BoxSmoothSettings(topk=50))
+    b1, s1 = smooth_priors(old_b, old_s, new_b, new_s, BoxSmoothSettings(topk=50, min_score=0.0))
+    np.testing.assert_array_equal(b0, b1)
+    keep = new_s >= 0.5
+    b2, s2 = smooth_priors(old_b, old_s, new_b, new_s, BoxSmoothSettings(topk=50, min_score=0.5))
+    ref_b, ref_s = reference_smooth(old_b, old_s, new_b[keep], new_s[keep], 0.45, 0.48, 50)
+    np.testing.assert_allclose(b2, ref_b, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(s2, ref_s, rtol=1e-5)

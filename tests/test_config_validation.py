@@ -170,6 +170,8 @@ def test_a_misspelt_or_mistyped_key_on_the_command_line_fails_at_merge(tmp_path)
     ("smooth.momentum", 1.5, "momentum must be in [0, 1], got 1.5", "JOINDET.SMOOTH.MOMENTUM"),
     ("smooth.iou_threshold", 1.0, "iou_threshold must be in (0, 1), got 1.0", "JOINDET.SMOOTH.IOU_THRESHOLD"),
     ("smooth.soft_nms_sigma", -1.0, "soft_nms_sigma must be >= 0", "JOINDET.SMOOTH.SOFT_NMS_SIGMA"),
+    ("smooth.rule", "cutler", "rule must be one of ['box_smooth', 'replace']", "JOINDET.SMOOTH.RULE"),
+    ("smooth.min_score", -0.5, "min_score must be >= 0", "JOINDET.SMOOTH.MIN_SCORE"),
     ("init_source.topk", 0, "topk must be an integer >= 1, got 0", "JOINDET.PRIORS.TOPK"),
     ("period", -1, "the refresh period must be an integer >= 0", "JOINDET.UPDATE_PERIOD_ITERS"),
 ])
@@ -216,3 +218,8 @@ def test_every_prior_component_defaults_to_the_yacs_defaults():
     assert hook["period"] == _defaults(PriorRefreshHook.__init__)["period"]
     assert hook["smooth"] == _defaults(PriorRefreshHook.__init__)["smooth"] == BoxSmoothSettings()
     assert hook["teacher_momentum"] == _defaults(PriorRefreshHook.__init__)["teacher_momentum"] == 0.0
+
+
+def test_the_merge_rules_of_the_yacs_key_are_those_of_the_settings():
+    from joindet.priors import defaults as D
+    assert CONFIG_RULES["JOINDET.SMOOTH.RULE"].options == D.SMOOTH_RULES

@@ -182,6 +182,7 @@ def test_an_image_without_ncut_priors_keeps_its_previous_ones(refresh_run):
         assert EMPTY_IMAGE_ID in empty and len(empty) < len(current)
         assert new.meta["info"]["images_kept_previous"] == len(empty)
         assert new.meta["info"]["soft_nms_sigma"] == s.SOFT_NMS_SIGMA == 0.5
+        assert new.meta["info"]["rule"] == s.RULE == "box_smooth" and new.meta["info"]["min_score"] == 0.0
         for image_id, (boxes, scores) in current.items():
             old_boxes, old_scores = previous.get(image_id)
             got_boxes, got_scores = new.get(image_id)

@@ -175,6 +175,7 @@ class PriorRefreshHook(HookBase):
                                               "momentum": self.smooth.momentum,
                                               "iou_threshold": self.smooth.iou_threshold,
                                               "soft_nms_sigma": self.smooth.soft_nms_sigma,
+                                              "rule": self.smooth.rule, "min_score": self.smooth.min_score,
                                               "images_kept_previous": kept})
         del shard_arrays
         self.active.set_version(version)

@@ -3,9 +3,11 @@ Box Smooth Module (JoinDet supplement, sections 2.1-2.2).
 
 Merges the precedent object priors (the supervision in use, "old") with the priors the model has
 just generated ("new") into the next supervision, by IoU clustering between the two sets and
-momentum-weighted averaging (docs/design.md, "Box Smooth Module"). :func:`smooth_priors_batched` does it
-for a whole bank version at once; :func:`smooth_priors` for one image. Every function takes the module's
-settings as one :class:`BoxSmoothSettings` (m_s, the clustering threshold, K, the Soft-NMS sigma).
+momentum-weighted averaging (docs/design.md, "Box Smooth Module"), or, with the rule "replace", by
+CutLER's self-training merge (the current priors replace the precedent ones they overlap).
+:func:`smooth_priors_batched` does it for a whole bank version at once; :func:`smooth_priors` for one image.
+Every function takes the module's settings as one :class:`BoxSmoothSettings` (m_s, the clustering threshold,
+K, the Soft-NMS sigma, the rule, the least current score).
 """
 import dataclasses
 from typing import List, Sequence, Tuple, Union
@@ -27,7 +29,7 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 
 @dataclasses.dataclass(frozen=True)
 class BoxSmoothSettings:
-    """The settings of the Box Smooth Module, checked once when made (their defaults: :mod:`joindet.priors.defaults`).
+    """The settings of the Box Smooth Module (the merge of a refresh), checked once when made (their defaults: :mod:`joindet.priors.defaults`).
 
     Attributes:
         momentum: m_s in [0, 1], the share of the precedent priors (``JOINDET.SMOOTH.MOMENTUM``).
@@ -35,6 +37,9 @@ class BoxSmoothSettings:
         topk: K >= 1, the priors kept per image (``JOINDET.PRIORS.TOPK``).
         soft_nms_sigma: >= 0, Gaussian Soft-NMS of the merged scores; 0 = none, the paper's module
             (``JOINDET.SMOOTH.SOFT_NMS_SIGMA``).
+        rule: "box_smooth" (the paper's clustering and averaging) or "replace" (CutLER's merge: the current
+            priors replace the precedent ones they overlap) (``JOINDET.SMOOTH.RULE``).
+        min_score: >= 0, current priors scored below it take no part (``JOINDET.SMOOTH.MIN_SCORE``).
 
     Built from a yacs config as ``BoxSmoothSettings(cfg)`` (``from_config``), in a LazyConfig as
     ``L(BoxSmoothSettings)(momentum=...)``.
@@ -44,6 +49,8 @@ class BoxSmoothSettings:
     iou_threshold: float = D.SMOOTH_IOU_THRESHOLD
     topk: int = D.TOPK
     soft_nms_sigma: float = D.SMOOTH_SOFT_NMS_SIGMA
+    rule: str = D.SMOOTH_RULE
+    min_score: float = D.SMOOTH_MIN_SCORE
 
     def __post_init__(self):
         momentum, iou_threshold, topk, sigma = self.momentum, self.iou_threshold, self.topk, self.soft_nms_sigma
@@ -55,15 +62,20 @@ class BoxSmoothSettings:
             raise ValueError(f"topk must be an integer >= 1, got {topk}")
         if not float(sigma) >= 0.0:
             raise ValueError(f"soft_nms_sigma must be >= 0 (0 = no Soft-NMS), got {sigma}")
+        if self.rule not in D.SMOOTH_RULES:
+            raise ValueError(f"rule must be one of {list(D.SMOOTH_RULES)}, got {self.rule!r}")
+        if not float(self.min_score) >= 0.0:
+            raise ValueError(f"min_score must be >= 0, got {self.min_score}")
         for name, value in (("momentum", float(momentum)), ("iou_threshold", float(iou_threshold)),
-                            ("topk", int(topk)), ("soft_nms_sigma", float(sigma))):
+                            ("topk", int(topk)), ("soft_nms_sigma", float(sigma)),
+                            ("min_score", float(self.min_score))):
             object.__setattr__(self, name, value)
 
     @classmethod
     def from_config(cls, cfg):
         s = cfg.JOINDET.SMOOTH
         return {"momentum": s.MOMENTUM, "iou_threshold": s.IOU_THRESHOLD, "topk": cfg.JOINDET.PRIORS.TOPK,
-                "soft_nms_sigma": s.SOFT_NMS_SIGMA}
+                "soft_nms_sigma": s.SOFT_NMS_SIGMA, "rule": s.RULE, "min_score": s.MIN_SCORE}
 
 
 BoxSmoothSettings.__init__ = configurable(BoxSmoothSettings.__init__)  # BoxSmoothSettings(cfg) from a yacs config
@@ -161,6 +173,52 @@ def soft_nms_scores(boxes: torch.Tensor, scores: torch.Tensor, image: torch.Tens
     return out
 
 
+def _best_match(a_boxes, a_image, a_counts, b_boxes, b_image, b_counts, chunk_images):
+    """For each row of set a, its highest IoU with a row of set b of the same image, and that row's rank in its
+    image (-1 and 0 when the image has no b row). Both sets in the flat layout (rows grouped by image, in order),
+    computed in blocks of ``chunk_images`` images (memory: chunk * Ka * Kb)."""
+    device = a_boxes.device
+    num_a, num_b, num_images = a_boxes.shape[0], b_boxes.shape[0], a_counts.numel()
+    best_iou = a_boxes.new_full((num_a,), -1.0)
+    best = torch.zeros((num_a,), dtype=torch.long, device=device)
+    if num_a == 0 or num_b == 0:
+        return best_iou, best
+    _, a_rank = _ranks(a_counts)
+    _, b_rank = _ranks(b_counts)
+    # rows are grouped by image: the rows of images [lo, hi) are one contiguous range of each set
+    a_ends = torch.cat([torch.cumsum(a_counts, 0) - a_counts, a_counts.new_tensor([num_a])]).tolist()
+    b_ends = torch.cat([torch.cumsum(b_counts, 0) - b_counts, b_counts.new_tensor([num_b])]).tolist()
+    ka, kb = int(a_counts.max()), int(b_counts.max())
+    for lo in range(0, num_images, chunk_images):
+        hi = min(lo + chunk_images, num_images)
+        rows = torch.arange(a_ends[lo], a_ends[hi], device=device)
+        brows = torch.arange(b_ends[lo], b_ends[hi], device=device)
+        if rows.numel() == 0 or brows.numel() == 0:
+            continue
+        adense = _dense(a_boxes[rows], a_image[rows] - lo, a_rank[rows], hi - lo, ka)
+        bdense = _dense(b_boxes[brows], b_image[brows] - lo, b_rank[brows], hi - lo, kb)
+        iou = _iou_new_old(adense, bdense)  # (c, ka, kb)
+        valid_b = torch.arange(bdense.shape[1], device=device)[None] < b_counts[lo:hi, None]
+        iou = iou.masked_fill(~valid_b[:, None, :], -1.0)
+        best_iou[rows], best[rows] = iou[a_image[rows] - lo, a_rank[rows]].max(dim=1)
+    return best_iou, best
+
+
+def _rank_and_keep(boxes, scores, cluster_image, num_images, topk, soft_nms_sigma, chunk_images):
+    """Steps 3b and 4 of the merge: Soft-NMS of the scores (sigma > 0), then the ``topk`` highest-scored rows of
+    each image, by descending score (stable: ties keep the input order), grouped by image."""
+    if soft_nms_sigma > 0:  # 3b.
+        scores = soft_nms_scores(boxes, scores, cluster_image, num_images, soft_nms_sigma, chunk_images)
+
+    # 4. top K per image: by descending score (stable), then grouped by image (stable)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    order = order[torch.sort(cluster_image[order], stable=True).indices]
+    counts = torch.bincount(cluster_image, minlength=num_images)
+    _, rank = _ranks(counts)
+    order = order[rank < topk]
+    return boxes[order], scores[order], counts.clamp(max=topk)
+
+
 def smooth_priors_batched(
     old_boxes: torch.Tensor,
     old_scores: torch.Tensor,
@@ -192,16 +250,22 @@ def smooth_priors_batched(
     4. The ``topk`` clusters with the highest scores of each image are kept, sorted by descending score
        (ties: precedent clusters first, each set in its input order).
 
+    ``settings.min_score`` > 0: current boxes scored below it take no part (step 1; CutLER's confidence
+    threshold). ``settings.rule == "replace"`` merges as CutLER's self-training does instead of steps 2-3: the
+    current boxes enter with their own scores, and a precedent box stays, with m * its score, only where no
+    current box overlaps it at IoU > ``iou_threshold``; no box is averaged. Steps 3b and 4 follow.
+
     Args:
         old_boxes (P, 4), old_scores (P,), old_counts (N,): the precedent priors, XYXY absolute.
         new_boxes (Q, 4), new_scores (Q,), new_counts (N,): the current priors.
-        settings: m_s, the clustering threshold, K and the Soft-NMS sigma (step 3b).
+        settings: m_s, the clustering threshold, K, the Soft-NMS sigma (step 3b), the rule and the least
+            current score.
         chunk_images: images per block of the IoU computation (bounds memory at chunk * Kn * Ko).
     Returns boxes (R, 4), scores (R,) and counts (N,) in the same flat layout, in the work dtype of the
     inputs (call with float64 for bit-exact singleton boxes).
     """
-    momentum, iou_threshold, topk, soft_nms_sigma = (settings.momentum, settings.iou_threshold, settings.topk,
-                                                     settings.soft_nms_sigma)
+    momentum, iou_threshold, topk, soft_nms_sigma, rule = (settings.momentum, settings.iou_threshold, settings.topk,
+                                                           settings.soft_nms_sigma, settings.rule)
     device = old_boxes.device
     num_images = old_counts.numel()
     if new_counts.numel() != num_images:
@@ -212,37 +276,28 @@ def smooth_priors_batched(
     old_image, _ = _ranks(old_counts)
     new_image, _ = _ranks(new_counts)
     old_w, new_w = old_scores * m, new_scores * (1.0 - m)
-    keep_old, keep_new = old_w > 0, new_w > 0
+    keep_old, keep_new = old_w > 0, (new_w > 0) & (new_scores >= settings.min_score)
     old_boxes, old_scores, old_w, old_image = old_boxes[keep_old], old_scores[keep_old], old_w[keep_old], old_image[keep_old]
     new_boxes, new_scores, new_w, new_image = new_boxes[keep_new], new_scores[keep_new], new_w[keep_new], new_image[keep_new]
     old_counts = torch.bincount(old_image, minlength=num_images)
     new_counts = torch.bincount(new_image, minlength=num_images)
-    _, old_rank = _ranks(old_counts)
-    _, new_rank = _ranks(new_counts)
     num_old, num_new = old_boxes.shape[0], new_boxes.shape[0]
 
-    # 2. each current box's best precedent box of its image, in blocks of images
+    if rule == "replace":
+        # 2'. a precedent box stays where no current box overlaps it at more than the threshold
+        best_iou, _ = _best_match(old_boxes, old_image, old_counts, new_boxes, new_image, new_counts, chunk_images)
+        stays = best_iou <= iou_threshold
+        boxes = torch.cat([old_boxes[stays], new_boxes])
+        scores = torch.cat([m * old_scores[stays], new_scores])
+        cluster_image = torch.cat([old_image[stays], new_image])
+        return _rank_and_keep(boxes, scores, cluster_image, num_images, topk, soft_nms_sigma, chunk_images)
+
+    # 2. each current box's best precedent box of its image
     target = torch.full((num_new,), -1, dtype=torch.long, device=device)  # joined precedent row, or -1
-    if num_old and num_new:
-        old_starts = torch.cumsum(old_counts, 0) - old_counts
-        # rows are grouped by image: the rows of images [lo, hi) are one contiguous range of each set
-        old_ends = torch.cat([old_starts, old_starts.new_tensor([num_old])]).tolist()
-        new_ends = torch.cat([torch.cumsum(new_counts, 0) - new_counts, new_counts.new_tensor([num_new])]).tolist()
-        ko, kn = int(old_counts.max()), int(new_counts.max())
-        for lo in range(0, num_images, chunk_images):
-            hi = min(lo + chunk_images, num_images)
-            rows = torch.arange(new_ends[lo], new_ends[hi], device=device)
-            orows = torch.arange(old_ends[lo], old_ends[hi], device=device)
-            if rows.numel() == 0 or orows.numel() == 0:
-                continue
-            odense = _dense(old_boxes[orows], old_image[orows] - lo, old_rank[orows], hi - lo, ko)
-            ndense = _dense(new_boxes[rows], new_image[rows] - lo, new_rank[rows], hi - lo, kn)
-            iou = _iou_new_old(ndense, odense)  # (c, kn, ko)
-            valid_old = torch.arange(odense.shape[1], device=device)[None] < old_counts[lo:hi, None]
-            iou = iou.masked_fill(~valid_old[:, None, :], -1.0)
-            best_iou, best = iou[new_image[rows] - lo, new_rank[rows]].max(dim=1)
-            joined = best_iou > iou_threshold
-            target[rows[joined]] = old_starts[new_image[rows[joined]]] + best[joined]
+    best_iou, best = _best_match(new_boxes, new_image, new_counts, old_boxes, old_image, old_counts, chunk_images)
+    joined = best_iou > iou_threshold
+    old_starts = torch.cumsum(old_counts, 0) - old_counts
+    target[joined] = old_starts[new_image[joined]] + best[joined]
 
     # 3. clusters: precedent rows 0..P-1, then one per unjoined current box
     alone = target < 0
@@ -258,16 +313,7 @@ def smooth_priors_batched(
     s_old = torch.cat([old_scores, old_scores.new_zeros(num_clusters - num_old)])
     boxes = bsum / wsum[:, None]
     scores = m * s_old + (1.0 - m) * torch.where(n_new > 0, s_new / n_new.clamp(min=1), torch.zeros_like(s_new))
-    if soft_nms_sigma > 0:  # 3b.
-        scores = soft_nms_scores(boxes, scores, cluster_image, num_images, soft_nms_sigma, chunk_images)
-
-    # 4. top K per image: by descending score (stable), then grouped by image (stable)
-    order = torch.sort(scores, descending=True, stable=True).indices
-    order = order[torch.sort(cluster_image[order], stable=True).indices]
-    counts = torch.bincount(cluster_image, minlength=num_images)
-    _, rank = _ranks(counts)
-    order = order[rank < topk]
-    return boxes[order], scores[order], counts.clamp(max=topk)
+    return _rank_and_keep(boxes, scores, cluster_image, num_images, topk, soft_nms_sigma, chunk_images)
 
 
 def smooth_priors(

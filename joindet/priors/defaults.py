@@ -9,7 +9,8 @@ __all__ = [
     "TOPK", "NCUT_TAU", "NCUT_TAU_QUANTILE", "NCUT_EPS", "NCUT_NUM_ROUNDS", "NCUT_NMS_THRESHOLD", "NCUT_CENTER", "NCUT_SOLVER",
     "NCUT_BATCH_SIZE", "NCUT_FEATURE_LEVEL", "NCUT_BACKBONE_FEATURE", "NCUT_COLOR_PATCH", "NCUT_COLOR_TAU",
     "SELECTIVE_SEARCH_MIN_SIDE", "SELECTIVE_SEARCH_NUM_WORKERS", "RANDOM_CROPS_SEED", "REFRESH_BATCH_SIZE",
-    "REFRESH_NMS_THRESHOLD", "REFRESH_TEACHER_MOMENTUM", "SMOOTH_MOMENTUM", "SMOOTH_IOU_THRESHOLD", "SMOOTH_SOFT_NMS_SIGMA", "REFRESH_PERIOD",
+    "REFRESH_NMS_THRESHOLD", "REFRESH_TEACHER_MOMENTUM", "SMOOTH_MOMENTUM", "SMOOTH_IOU_THRESHOLD",
+    "SMOOTH_SOFT_NMS_SIGMA", "SMOOTH_RULES", "SMOOTH_RULE", "SMOOTH_MIN_SCORE", "REFRESH_PERIOD",
     "TRAIN_TOPK", "OBJECTNESS_TARGET", "PRIOR_LOSS_WEIGHT", "DROP_LOSS_IOU",
 ]
 
@@ -36,6 +37,9 @@ REFRESH_TEACHER_MOMENTUM = 0.0  # > 0: refreshes read an EMA teacher of this mom
 SMOOTH_MOMENTUM = 0.45  # Box Smooth m_s: weight of the precedent priors
 SMOOTH_IOU_THRESHOLD = 0.48  # Box Smooth clustering IoU threshold
 SMOOTH_SOFT_NMS_SIGMA = 0.0  # Gaussian Soft-NMS of the merged scores (0 = none, the paper's module)
+SMOOTH_RULES = ("box_smooth", "replace")  # the merge rules of a refresh (joindet.priors.box_smooth)
+SMOOTH_RULE = "box_smooth"  # merge rule: box_smooth (the paper's) or replace (CutLER's self-training merge)
+SMOOTH_MIN_SCORE = 0.0  # current priors scored below this take no part in the merge
 REFRESH_PERIOD = 0  # iterations between prior refreshes (0 = never: fixed priors)
 # how the priors supervise the detector (the pretraining mapper, the JoinDet model and its criterion)
 TRAIN_TOPK = 0  # the highest-scored priors of an image that supervise the detector (0 = all K)
