@@ -29,7 +29,8 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 
 @dataclasses.dataclass(frozen=True)
 class BoxSmoothSettings:
-    """The settings of the Box Smooth Module (the merge of a refresh), checked once when made (their defaults: :mod:`joindet.priors.defaults`).
+    """The settings of the Box Smooth Module (the merge of a refresh), checked once when made (their defaults:
+    :mod:`joindet.priors.defaults`).
 
     Attributes:
         momentum: m_s in [0, 1], the share of the precedent priors (``JOINDET.SMOOTH.MOMENTUM``).
@@ -281,7 +282,7 @@ def smooth_priors_batched(
     new_boxes, new_scores, new_w, new_image = new_boxes[keep_new], new_scores[keep_new], new_w[keep_new], new_image[keep_new]
     old_counts = torch.bincount(old_image, minlength=num_images)
     new_counts = torch.bincount(new_image, minlength=num_images)
-    num_old, num_new = old_boxes.shape[0], new_boxes.shape[0]
+    num_old = old_boxes.shape[0]
 
     if rule == "replace":
         # 2'. a precedent box stays where no current box overlaps it at more than the threshold
@@ -292,16 +293,13 @@ def smooth_priors_batched(
         cluster_image = torch.cat([old_image[stays], new_image])
         return _rank_and_keep(boxes, scores, cluster_image, num_images, topk, soft_nms_sigma, chunk_images)
 
-    # 2. each current box's best precedent box of its image
-    target = torch.full((num_new,), -1, dtype=torch.long, device=device)  # joined precedent row, or -1
+    # 2. each current box's best precedent box of its image; it joins that box's cluster above the threshold
     best_iou, best = _best_match(new_boxes, new_image, new_counts, old_boxes, old_image, old_counts, chunk_images)
-    joined = best_iou > iou_threshold
+    alone = best_iou <= iou_threshold
     old_starts = torch.cumsum(old_counts, 0) - old_counts
-    target[joined] = old_starts[new_image[joined]] + best[joined]
 
     # 3. clusters: precedent rows 0..P-1, then one per unjoined current box
-    alone = target < 0
-    cluster = target.clone()
+    cluster = old_starts[new_image] + best  # the joined precedent row
     cluster[alone] = num_old + torch.arange(int(alone.sum()), device=device)
     num_clusters = num_old + int(alone.sum())
     cluster_image = torch.cat([old_image, new_image[alone]])
