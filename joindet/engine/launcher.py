@@ -73,14 +73,26 @@ def main(args):
 
 
 def _close_process_group():
-    """Destroy this process's process group before the interpreter exits. Detectron2's launch leaves it
-    alive, and a gloo group torn down during interpreter finalization can abort a finished rank with
-    "terminate called without an active exception" (SIGABRT; pytorch/pytorch#190489): seen once in CI on
-    the 2-process test."""
+    """End this process's process groups, and their gloo worker threads, before the interpreter exits.
+
+    ``destroy_process_group`` drops torch's references to the groups, but Detectron2 keeps two more: its
+    local (per-machine) group and the cached group of ``comm.all_gather``. A group kept alive past
+    ``main`` lets its gloo worker threads outlive the interpreter: a worker that frees the last
+    collective's work object during interpreter finalization needs the GIL, is made to exit, and the
+    rank dies with "terminate called without an active exception" (SIGABRT; seen intermittently on the
+    2-process runs). Releasing those references and collecting garbage here runs the groups'
+    destructors, which join their worker threads while Python is still alive."""
+    import gc
+
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.destroy_process_group()
+    comm._LOCAL_PROCESS_GROUP = None  # Detectron2's per-machine group ...
+    comm.create_local_process_group.cache_clear()  # ... and its creator's memo, so a later launch makes one
+    comm._get_global_gloo_group.cache_clear()  # returns (and caches) the WORLD group on gloo
+    gc.collect()  # groups held by reference cycles (a DDP model inside a finished trainer)
 
 
 def _yacs_main(args):

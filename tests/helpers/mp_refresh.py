@@ -34,7 +34,8 @@ def _record_all_gathers(comm):
     return record
 
 
-def worker(out_dir, fail_rank):
+def _refresh(out_dir, fail_rank):
+    """Version 0 and one refresh; the trainer lives only in here, as in ``train_net.py``'s ``main``."""
     import torch
     from detectron2.data import DatasetCatalog
     from detectron2.utils import comm
@@ -64,6 +65,7 @@ def worker(out_dir, fail_rank):
         trainer.iter = 1  # the refresh after iteration 2
         hook.refresh()
     comm.all_gather = gathered.original
+    rank = comm.get_rank()
     ranks = comm.all_gather({
         "gathers": gathered.payloads,
         "rank": comm.get_rank(),
@@ -72,9 +74,19 @@ def worker(out_dir, fail_rank):
     })
     if comm.is_main_process():
         (Path(out_dir) / "ranks.json").write_text(json.dumps(ranks))
+    return rank
+
+
+def worker(out_dir, fail_rank):
+    import os
+
     from joindet.engine.launcher import _close_process_group
 
+    rank = _refresh(out_dir, fail_rank)
     _close_process_group()  # as train_net.py does: a gloo group torn down at interpreter exit can SIGABRT a rank
+    threads = sorted((Path("/proc/self/task") / task / "comm").read_text().strip()
+                     for task in os.listdir("/proc/self/task"))  # this process's threads, by name
+    (Path(out_dir) / f"threads_after_close_{rank}.json").write_text(json.dumps(threads))
 
 
 if __name__ == "__main__":
