@@ -380,7 +380,7 @@ def _refresh_line(cfg, source):
     why = ""
     if source == PRETRAIN_CONFIG and generator == "ncut_encoder":  # the mini default, and why it is
         why = (" -- the default: the paper's refresh, ahead of DETReg downstream by more than the noise on shapes, "
-               "level with it on clutter; no other refresh has done better (docs/experiments/downstream.md)")
+               "level with it on clutter; no refresh has yet beaten DETReg on both (docs/experiments/downstream.md)")
     return (f"refresh: {generator} ({what}; set by {source}{paper}), {when}, "
             f"Soft-NMS sigma {j.SMOOTH.SOFT_NMS_SIGMA:g}{why}")
 
