@@ -190,9 +190,9 @@ class FakeRunner:
         self.calls.append(list(argv))
         argv = [a for a in argv if a != "--resume"]
         opts = dict(zip(argv[2::2], argv[3::2]))
-        out = opts["OUTPUT_DIR"]
+        out = os.path.join(ablation.REPO_ROOT, opts["OUTPUT_DIR"])  # train_net.py runs in the repository root
         os.makedirs(out, exist_ok=True)
-        if argv[1] not in self.finetune_config_files:
+        if os.path.join(ablation.REPO_ROOT, argv[1]) not in self.finetune_config_files:
             open(os.path.join(out, "model_final.pth"), "wb").close()
             return "pretrained\n"
         ap = self.score(os.path.dirname(out)) + int(opts["SEED"])
@@ -212,7 +212,7 @@ def test_ablation_orchestration_table_and_resume(tmp_path, capsys):
     summary = ablation.main(_ablation_args(out), runner=runner)
     assert len(runner.calls) == 8  # 2 values x 2 seeds x (pretrain + fine-tune)
     pre, fine = runner.calls[0], runner.calls[1]
-    assert pre[:2] == ["--config-file", str(REPO_ROOT / PRETRAIN_CONFIG)]
+    assert pre[:2] == ["--config-file", PRETRAIN_CONFIG]
     # an int given for a float key is passed as a float; SEED and OUTPUT_DIR set per run
     run = out / "value_0" / "seed_0"
     assert pre[2:] == ["JOINDET.SMOOTH.MOMENTUM", "0.0", "SEED", "0", "OUTPUT_DIR", str(run / "pretrain")]
@@ -261,10 +261,44 @@ def test_ablation_orchestration_table_and_resume(tmp_path, capsys):
     rerun = FakeRunner()
     assert ablation.main(_ablation_args(out), runner=rerun) == summary
     assert len(rerun.calls) == 2
-    assert rerun.calls[0][:3] == ["--config-file", str(REPO_ROOT / PRETRAIN_CONFIG), "--resume"]
+    assert rerun.calls[0][:3] == ["--config-file", PRETRAIN_CONFIG, "--resume"]
     assert (run / "pretrain" / "model_0000009.pth").exists()
     assert "--resume" not in rerun.calls[1] and not (run / "finetune" / "stale.txt").exists()
     assert "continuing the interrupted attempt" in capsys.readouterr().out
+
+
+def test_ablation_records_paths_inside_the_repository_relative_to_it(tmp_path, monkeypatch):
+    # the repository is tmp_path/repo, whose results/ is a symlink to a folder outside it (a shared disk):
+    # the runs' folders are named through the symlink, relative to the repository (train_net.py runs there),
+    # so the committed JSON holds no machine's path; config files outside the repository stay absolute
+    repo, disk = tmp_path / "repo", tmp_path / "disk"
+    repo.mkdir()
+    (disk / "results").mkdir(parents=True)
+    (repo / "results").symlink_to(disk / "results")
+    monkeypatch.setattr(ablation, "REPO_ROOT", repo)
+    monkeypatch.chdir(repo)
+    args = ["--param", "JOINDET.SMOOTH.MOMENTUM", "--values", "0.2", "--seeds", "1",
+            "--pretrain-config", str(REPO_ROOT / PRETRAIN_CONFIG), "--finetune-config", str(REPO_ROOT / FINETUNE_CONFIG),
+            "--out-dir", "results/abl"]
+    runner = FakeRunner()
+    summary = ablation.main(args, runner=runner)
+    run = "results/abl/value_0.2/seed_1"
+    pre, fine = runner.calls
+    assert pre == ["--config-file", str(REPO_ROOT / PRETRAIN_CONFIG), "JOINDET.SMOOTH.MOMENTUM", "0.2",
+                   "SEED", "1", "OUTPUT_DIR", f"{run}/pretrain"]
+    assert fine == ["--config-file", str(REPO_ROOT / FINETUNE_CONFIG), "MODEL.WEIGHTS", f"{run}/pretrain/model_final.pth",
+                    "SEED", "1", "OUTPUT_DIR", f"{run}/finetune"]
+    files = [disk / run / "result.json", disk / run / "pretrain_done.json", disk / "results" / "abl" / "table.json"]
+    assert all(str(tmp_path) not in f.read_text() for f in files)
+    assert json.loads(files[0].read_text())["finetune_argv"] == fine
+    assert json.loads(files[1].read_text())["argv"] == pre
+    assert summary["rows"][0]["AP"]["mean"] == pytest.approx(10 * 0.2 + 1)
+
+    # the same command from another working directory, naming the folder by its absolute path, finds the runs
+    monkeypatch.chdir(tmp_path)
+    rerun = FakeRunner()
+    assert ablation.main([*args[:-1], str(repo / "results" / "abl")], runner=rerun) == summary
+    assert rerun.calls == []
 
 
 def test_ablation_dry_run_and_bad_input(tmp_path, capsys):
@@ -391,20 +425,20 @@ def test_comparison_runs_each_method_and_resumes(tmp_path, capsys):
     # seed by seed: every method's seed-0 run, then every method's seed-1 run (a partial table is paired)
     no_pre, no_pre_1 = runner.calls[0], runner.calls[5]
     run = out / "method_no_pretraining" / "seed_0"
-    assert no_pre == ["--config-file", str(REPO_ROOT / NO_PRETRAIN_FINETUNE_CONFIG),
+    assert no_pre == ["--config-file", NO_PRETRAIN_FINETUNE_CONFIG,
                       "SEED", "0", "OUTPUT_DIR", str(run / "finetune")]  # no MODEL.WEIGHTS: the config's own
     assert "MODEL.WEIGHTS" not in no_pre_1 and not (run / "pretrain").exists()
     assert not (run / "pretrain_done.json").exists()
     detreg_pre, detreg_fine = runner.calls[1], runner.calls[2]
     run = out / "method_detreg" / "seed_0"
-    assert detreg_pre == ["--config-file", str(REPO_ROOT / DETREG_CONFIG),
+    assert detreg_pre == ["--config-file", DETREG_CONFIG,
                           "SEED", "0", "OUTPUT_DIR", str(run / "pretrain")]
-    assert detreg_fine == ["--config-file", str(REPO_ROOT / FINETUNE_CONFIG),  # --finetune-config, the default
+    assert detreg_fine == ["--config-file", FINETUNE_CONFIG,  # --finetune-config, the default
                            "MODEL.WEIGHTS", str(run / "pretrain" / "model_final.pth"),
                            "SEED", "0", "OUTPUT_DIR", str(run / "finetune")]
     ncut_pre, ncut_fine = runner.calls[3], runner.calls[4]
     run = out / "method_joindet_ncut" / "seed_0"
-    assert ncut_pre == ["--config-file", str(REPO_ROOT / PRETRAIN_CONFIG),
+    assert ncut_pre == ["--config-file", PRETRAIN_CONFIG,
                         "JOINDET.REFRESH.GENERATOR", "ncut_encoder", "JOINDET.SMOOTH.MOMENTUM", "0.2",
                         "SEED", "0", "OUTPUT_DIR", str(run / "pretrain")]
     assert ncut_fine[2:] == ["SOLVER.BASE_LR", "0.0001", "MODEL.WEIGHTS", str(run / "pretrain" / "model_final.pth"),
@@ -420,6 +454,7 @@ def test_comparison_runs_each_method_and_resumes(tmp_path, capsys):
         assert row["AP"]["mean"] == pytest.approx(base + 0.5) and row["AP"]["std"] == pytest.approx(np.sqrt(0.5))
     assert [m["name"] for m in table["methods"]] == ["no_pretraining", "detreg", "joindet_ncut"]
     assert table["methods"][0]["pretrain_config"] is None
+    assert table["methods"][1]["pretrain_config"] == DETREG_CONFIG  # inside the repository: relative to it
     assert table["methods"][2]["finetune_opts"] == ["SOLVER.BASE_LR", "0.0001"]
     md = (out / "table.md").read_text().strip().splitlines()
     assert len(md) == 5 and md[0].split("|")[1].strip() == "method"
@@ -448,7 +483,7 @@ def test_comparison_runs_each_method_and_resumes(tmp_path, capsys):
     rerun = _method_runner()
     assert ablation.main(_comparison_args(methods_file, out), runner=rerun) == summary
     run = out / "method_joindet_ncut" / "seed_1"
-    assert rerun.calls == [no_pre, ["--config-file", str(REPO_ROOT / FINETUNE_CONFIG), "SOLVER.BASE_LR", "0.0001",
+    assert rerun.calls == [no_pre, ["--config-file", FINETUNE_CONFIG, "SOLVER.BASE_LR", "0.0001",
                                     "MODEL.WEIGHTS", str(run / "pretrain" / "model_final.pth"),
                                     "SEED", "1", "OUTPUT_DIR", str(run / "finetune")]]
 

@@ -128,8 +128,9 @@ _COCO_BBOX_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOEvaluato
 _RESERVED_KEYS = ("SEED", "OUTPUT_DIR", "MODEL.WEIGHTS")  # set by the tool for every run
 _METHOD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # a folder name on any file system, never "." or ".."
 
-# runner(argv, log_file, env) -> the process's output; argv are train_net.py's arguments. The tool uses
-# no more than the files the training writes into its OUTPUT_DIR (model_final.pth, eval_results.json).
+# runner(argv, log_file, env) -> the process's output; argv are train_net.py's arguments, run in the
+# repository root (paths inside it are given relative to it). The tool uses no more than the files the
+# training writes into its OUTPUT_DIR (model_final.pth, eval_results.json).
 Runner = Callable[[Sequence[str], Path, Optional[Mapping[str, str]]], str]
 
 
@@ -208,6 +209,19 @@ def _resolve_config(path: str, kind: str = "config file") -> Path:
         if candidate.is_file():
             return Path(os.path.abspath(candidate))  # as named (a symlinked folder stays named so)
     raise ValueError(f"{kind} {path!r} not found (relative to {os.getcwd()} or {REPO_ROOT})")
+
+
+def _shown(path) -> str:
+    """
+    ``path`` as the tool passes it to train_net.py and records it in its JSON files: relative to the
+    repository root when it lies inside it (train_net.py runs there, and a committed result stays true in
+    any clone), else absolute.
+    """
+    absolute = Path(os.path.abspath(path))
+    try:
+        return str(absolute.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(absolute)
 
 
 def _check_opts(name: str, opts: Sequence[str], reserved: Sequence[str]) -> List[str]:
@@ -421,8 +435,8 @@ def _method_rows(methods: Sequence, source: str, finetune_config: Optional[str],
             pretrain_opts=tuple(row_pretrain_opts) if pretrained else (), finetune_config=finetune_file,
             finetune_opts=tuple(row_finetune_opts), test_datasets=test_datasets,
             record={"param": "method", "value": name, "method": {
-                "name": name, "pretrain_config": None if pretrain_file is None else str(pretrain_file),
-                "pretrain_opts": row_pretrain_opts if pretrained else [], "finetune_config": str(finetune_file),
+                "name": name, "pretrain_config": None if pretrain_file is None else _shown(pretrain_file),
+                "pretrain_opts": row_pretrain_opts if pretrained else [], "finetune_config": _shown(finetune_file),
                 "finetune_opts": row_finetune_opts, **flags}},
         ))
     defaults = [row.label for row in rows if row.record["method"]["default"]]
@@ -566,11 +580,11 @@ def _run_one(row: _Row, seed: int, run: Path, prefix: str, launch: Sequence[str]
     weights = run / "pretrain" / "model_final.pth"
     pretrain_argv, load = None, []
     if row.pretrain_config is not None:
-        pretrain_argv = ["--config-file", str(row.pretrain_config), *launch, *row.pretrain_opts,
-                         "SEED", str(seed), "OUTPUT_DIR", str(run / "pretrain")]
-        load = ["MODEL.WEIGHTS", str(weights)]
-    finetune_argv = ["--config-file", str(row.finetune_config), *launch, *row.finetune_opts, *load,
-                     "SEED", str(seed), "OUTPUT_DIR", str(run / "finetune")]
+        pretrain_argv = ["--config-file", _shown(row.pretrain_config), *launch, *row.pretrain_opts,
+                         "SEED", str(seed), "OUTPUT_DIR", _shown(run / "pretrain")]
+        load = ["MODEL.WEIGHTS", _shown(weights)]
+    finetune_argv = ["--config-file", _shown(row.finetune_config), *launch, *row.finetune_opts, *load,
+                     "SEED", str(seed), "OUTPUT_DIR", _shown(run / "finetune")]
     result_file = run / "result.json"
     if result_file.is_file():
         log(f"{prefix}: finished earlier ({result_file}), skipped")
@@ -685,7 +699,7 @@ def _run_rows(column: str, rows: Sequence[_Row], seeds: Sequence[int], out_dir, 
     ``extra`` is added to table.json. With ``table_only`` nothing runs: the table holds the finished runs,
     rows without one are left out, and table.json lists the runs still to do under "unfinished".
     """
-    out = Path(out_dir).resolve()
+    out = Path(os.path.abspath(out_dir))  # as named: a symlinked folder inside the repository stays inside it
     launch = ["--num-gpus", str(num_gpus)] if num_gpus > 1 else []
     order = [(row, seed) for seed in seeds for row in rows]
     total = len(order)
