@@ -278,16 +278,16 @@ def test_ablation_records_paths_inside_the_repository_relative_to_it(tmp_path, m
     monkeypatch.setattr(ablation, "REPO_ROOT", repo)
     monkeypatch.chdir(repo)
     args = ["--param", "JOINDET.SMOOTH.MOMENTUM", "--values", "0.2", "--seeds", "1",
-            "--pretrain-config", str(REPO_ROOT / PRETRAIN_CONFIG), "--finetune-config", str(REPO_ROOT / FINETUNE_CONFIG),
-            "--out-dir", "results/abl"]
+            "--pretrain-config", str(REPO_ROOT / PRETRAIN_CONFIG),
+            "--finetune-config", str(REPO_ROOT / FINETUNE_CONFIG), "--out-dir", "results/abl"]
     runner = FakeRunner()
     summary = ablation.main(args, runner=runner)
     run = "results/abl/value_0.2/seed_1"
     pre, fine = runner.calls
     assert pre == ["--config-file", str(REPO_ROOT / PRETRAIN_CONFIG), "JOINDET.SMOOTH.MOMENTUM", "0.2",
                    "SEED", "1", "OUTPUT_DIR", f"{run}/pretrain"]
-    assert fine == ["--config-file", str(REPO_ROOT / FINETUNE_CONFIG), "MODEL.WEIGHTS", f"{run}/pretrain/model_final.pth",
-                    "SEED", "1", "OUTPUT_DIR", f"{run}/finetune"]
+    assert fine == ["--config-file", str(REPO_ROOT / FINETUNE_CONFIG),
+                    "MODEL.WEIGHTS", f"{run}/pretrain/model_final.pth", "SEED", "1", "OUTPUT_DIR", f"{run}/finetune"]
     files = [disk / run / "result.json", disk / run / "pretrain_done.json", disk / "results" / "abl" / "table.json"]
     assert all(str(tmp_path) not in f.read_text() for f in files)
     assert json.loads(files[0].read_text())["finetune_argv"] == fine
@@ -308,6 +308,9 @@ def test_ablation_dry_run_and_bad_input(tmp_path, capsys):
     assert runner.calls == []
     out = capsys.readouterr().out
     assert "train_net.py --config-file" in out and "JOINDET.SMOOTH.MOMENTUM 0.2 SEED 3" in out
+    # the commands name configs relative to the repository root, so each says it runs there
+    assert f"pretrain: cd {REPO_ROOT} && " in out and f"fine-tune: cd {REPO_ROOT} && " in out
+    assert f"--config-file {PRETRAIN_CONFIG} " in out
     assert not (tmp_path / "dry" / "table.md").exists()
 
     # a key that does not exist fails with yacs' error before any training

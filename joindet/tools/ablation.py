@@ -590,15 +590,16 @@ def _run_one(row: _Row, seed: int, run: Path, prefix: str, launch: Sequence[str]
         log(f"{prefix}: finished earlier ({result_file}), skipped")
         return None if dry_run else _read_result(run)
     pretrain_done = pretrain_argv is not None and (run / "pretrain_done.json").is_file() and weights.is_file()
-    if dry_run:
-        train = [sys.executable, str(REPO_ROOT / "train_net.py")]
+    if dry_run:  # each command as it runs: in the repository root, where its relative paths point
+        train = subprocess.list2cmdline([sys.executable, "train_net.py"])
+        train = f"cd {subprocess.list2cmdline([str(REPO_ROOT)])} && {train}"
         if pretrain_argv is None:
             log(f"{prefix}: no pretraining")
         elif pretrain_done:
             log(f"{prefix}: pretraining finished earlier")
         else:
-            log(f"{prefix}: pretrain: {subprocess.list2cmdline(train + pretrain_argv)}")
-        log(f"{prefix}: fine-tune: {subprocess.list2cmdline(train + finetune_argv)}")
+            log(f"{prefix}: pretrain: {train} {subprocess.list2cmdline(pretrain_argv)}")
+        log(f"{prefix}: fine-tune: {train} {subprocess.list2cmdline(finetune_argv)}")
         return None
 
     timings = {}
