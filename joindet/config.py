@@ -275,9 +275,10 @@ def add_joindet_config(cfg):
     _C.JOINDET.SMOOTH.RULE = D.SMOOTH_RULE
     _C.JOINDET.SMOOTH.MIN_SCORE = D.SMOOTH_MIN_SCORE  # current priors scored below this take no part
     _C.JOINDET.REFRESH = CN()
-    _C.JOINDET.REFRESH.GENERATOR = "ncut_encoder"  # refresh: ncut_encoder (the paper), detector, detector_ncut, rescore, rescore_online
+    # refresh: ncut_encoder (the paper), detector, detector_ncut, rescore, rescore_ncut, rescore_online
+    _C.JOINDET.REFRESH.GENERATOR = "ncut_encoder"
     _C.JOINDET.REFRESH.NMS_THRESH = D.REFRESH_NMS_THRESHOLD  # detector refreshes: NMS of an image's detections, then top K
-    _C.JOINDET.REFRESH.BATCH_SIZE = D.REFRESH_BATCH_SIZE  # detector, detector_ncut, rescore: images per forward pass
+    _C.JOINDET.REFRESH.BATCH_SIZE = D.REFRESH_BATCH_SIZE  # detector(_ncut), rescore(_ncut): images per pass
     # > 0: refreshes read a slowly updated (EMA) copy of the model with this momentum, not the model itself
     # (joindet/engine/teacher.py); 0 = the model being trained
     _C.JOINDET.REFRESH.TEACHER_MOMENTUM = D.REFRESH_TEACHER_MOMENTUM

@@ -50,6 +50,7 @@ GENERATORS = {
     "detector": "the detector's own class-agnostic detections",
     "detector_ncut": "the detector's detections re-scored by its NCut attention map",
     "rescore": "the precedent boxes, re-scored by the detector being trained",
+    "rescore_ncut": "the precedent boxes and the encoder's NCut regions, re-scored by the detector being trained",
     "rescore_online": "the precedent boxes, re-scored from the training steps",
 }
 # wall time of each stage with the default configs, measured on 2 CPU cores (README, "The demo")

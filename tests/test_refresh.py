@@ -23,7 +23,7 @@ from test_pretraining import DATASET, PRETRAIN_CONFIG, TINY_PRETRAIN_OPTS, _pret
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-GENERATORS = ["ncut_encoder", "detector", "detector_ncut", "rescore"]  # those with a forward pass of their own
+GENERATORS = ["ncut_encoder", "detector", "detector_ncut", "rescore", "rescore_ncut"]  # those with a forward pass of their own
 ONLINE_GENERATORS = ["rescore_online"]  # those that read the training steps (tests/test_online_rescore.py)
 # the tiny pretraining of test_pretraining as train_net-style overrides, for the tools
 TINY_PRETRAIN_OPTS_FOR_TOOL = [*TINY_DATA_OPTS, *TINY_MODEL_OPTS, *TINY_PRETRAIN_OPTS]
@@ -102,14 +102,17 @@ def test_each_generator_gives_valid_priors_for_every_image(tiny_model_and_data, 
     topk = cfg.JOINDET.PRIORS.TOPK
     for d in dicts:
         boxes, scores = out[d["image_id"]]
-        assert boxes.dtype == np.float32 and boxes.shape == (len(scores), 4) and len(scores) <= topk
+        pool = 5 if name == "rescore_ncut" else 0  # the precedent boxes beside at most K regions
+        assert boxes.dtype == np.float32 and boxes.shape == (len(scores), 4) and len(scores) <= topk + pool
         assert np.isfinite(boxes).all() and np.isfinite(scores).all()
         assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
         assert boxes.min(initial=0) >= 0 and (boxes[:, [0, 2]] <= d["width"] + 1e-3).all()
         assert (boxes[:, [1, 3]] <= d["height"] + 1e-3).all()
-        if name == "rescore":  # the precedent boxes, re-scored in [0, 1]
-            np.testing.assert_array_equal(boxes, precedent[d["image_id"]][0])
+        if name in ("rescore", "rescore_ncut"):  # the precedent boxes first, re-scored in [0, 1]
+            np.testing.assert_array_equal(boxes[:5], precedent[d["image_id"]][0])
             assert ((scores >= 0) & (scores <= 1)).all()
+        if name == "rescore":
+            assert len(boxes) == 5
         if name in ("detector", "detector_ncut"):
             assert len(scores) >= 1  # 10 queries: what NMS at 0.7 keeps, at most top K
             iou = box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes)).fill_diagonal_(0)
@@ -139,18 +142,24 @@ def test_ncut_encoder_with_a_relative_threshold_cuts_at_each_images_quantile(tin
     assert all(len(out[d["image_id"]][1]) >= 1 for d in dicts)
 
 
+def _random_boxes(dicts, k, seed):
+    """Precedent priors: ``k`` random boxes per image (at least 4 pixels a side), each scored 0.5."""
+    rng = np.random.default_rng(seed)
+    precedent = {}
+    for d in dicts:
+        xy = rng.uniform(0, d["width"] / 2, (k, 2))
+        precedent[d["image_id"]] = (np.concatenate([xy, xy + rng.uniform(4, d["width"] / 2, (k, 2))], 1).astype(
+            np.float32), np.full(k, 0.5, np.float32))
+    return precedent
+
+
 @pytest.mark.parametrize("quality", RESCORE_QUALITIES)
 def test_rescore_generator_scores_are_the_quality_of_the_models_predictions(tiny_model_and_data, quality):
     cfg, model, dicts = tiny_model_and_data
     mapper = DetrDatasetMapper(cfg, is_train=False)
     generator = build_refresh_generator(_with_refresh(cfg, generator="rescore", rescore_quality=quality), mapper)
     assert generator.quality == quality
-    rng = np.random.default_rng(1)
-    precedent = {}
-    for d in dicts:
-        xy = rng.uniform(0, d["width"] / 2, (6, 2))
-        precedent[d["image_id"]] = (np.concatenate([xy, xy + rng.uniform(4, d["width"] / 2, (6, 2))], 1).astype(
-            np.float32), np.full(6, 0.5, np.float32))
+    precedent = _random_boxes(dicts, 6, seed=1)
     out = generator(model, dicts, _Precedent(precedent))
     with torch.no_grad():
         preds = model.eval().objectness_predictions([mapper(d) for d in dicts])
@@ -173,6 +182,30 @@ def test_rescore_generator_scores_are_the_quality_of_the_models_predictions(tiny
         np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-6)
 
 
+def test_rescore_ncut_scores_the_precedent_boxes_and_the_encoders_ncut_regions(tiny_model_and_data):
+    cfg, model, dicts = tiny_model_and_data
+    mapper = DetrDatasetMapper(cfg, is_train=False)
+    precedent = _random_boxes(dicts, 4, seed=2)
+    cfg = _with_refresh(cfg, generator="rescore_ncut", rescore_quality="objectness_x_iou")
+    out = build_refresh_generator(cfg, mapper)(model, dicts, _Precedent(precedent))
+    regions = build_refresh_generator(_with_refresh(cfg, generator="ncut_encoder"), mapper)(model, dicts)
+    with torch.no_grad():
+        preds = model.eval().objectness_predictions([mapper(d) for d in dicts])
+    added = 0
+    for d, (boxes, objectness) in zip(dicts, preds):
+        got_boxes, got = out[d["image_id"]]
+        # the pool: the precedent boxes, then the regions ncut_encoder finds on the same encoder output
+        expected_boxes = np.concatenate([precedent[d["image_id"]][0], regions[d["image_id"]][0]])
+        np.testing.assert_allclose(got_boxes, expected_boxes, rtol=1e-6, atol=1e-4)
+        added += len(regions[d["image_id"]][0])
+        # every box scored as rescore scores it: max over queries of objectness x IoU
+        iou = torch.tensor([[_iou(p, q) for q in boxes.tolist()] for p in got_boxes.tolist()], dtype=torch.float64)
+        np.testing.assert_allclose(got, (iou * objectness[None].double()).amax(1).numpy(), rtol=1e-4, atol=1e-6)
+    assert added >= len(dicts)  # NCut found at least one region per image on average: the pool grew
+    with pytest.raises(ValueError, match="rescore_ncut refresh generator needs the precedent priors"):
+        build_refresh_generator(cfg, mapper)(model, dicts)
+
+
 def _iou(a, b):
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -190,7 +223,7 @@ def test_detector_ncut_scores_are_the_detector_scores_reweighted(tiny_model_and_
         assert reweighted[d["image_id"]][1].max() <= plain[d["image_id"]][1].max() + 1e-6
 
 
-@pytest.mark.parametrize("name", ["detector", "rescore", "rescore_online"])
+@pytest.mark.parametrize("name", ["detector", "rescore", "rescore_ncut", "rescore_online"])
 def test_refresh_run_with_a_generator_publishes_a_complete_version(synthetic_cache, tmp_path, name):
     cfg = _pretrain_cfg(tmp_path / "out", "SOLVER.MAX_ITER", "3", "JOINDET.UPDATE_PERIOD_ITERS", "2",
                         "JOINDET.REFRESH.GENERATOR", name)

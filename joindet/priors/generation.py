@@ -17,8 +17,8 @@ from . import defaults as D
 from .bank import FILTER_REASONS, check_priors, usable_priors
 from .ncut import priors_from_features
 
-__all__ = ["generate_ncut_priors", "run_over_images", "priors_to_arrays", "publish_version", "shard",
-           "center_features"]
+__all__ = ["generate_ncut_priors", "ncut_priors_of_batch", "run_over_images", "priors_to_arrays", "publish_version",
+           "shard", "center_features"]
 
 _SHARD_ARRAYS = ("image_ids", "boxes", "scores", "offsets")
 
@@ -110,6 +110,16 @@ def center_features(features, valid):
     return (features - mean) * w
 
 
+def ncut_priors_of_batch(features, valid, batch, *, center=D.NCUT_CENTER, **ncut):
+    """NCut priors of a batch of images from their patch features ``features`` (N, h, w, c) and ``valid``
+    (N, h, w), in each image's original pixels (``batch``: the mapped inputs, with ``height`` and ``width``).
+    ``center``: see :func:`generate_ncut_priors`; ``ncut``: the arguments of :func:`priors_from_features`."""
+    if center:
+        features = center_features(features, valid)
+    sizes = [(x["height"], x["width"]) for x in batch]
+    return priors_from_features(features, sizes, valid_mask=valid, **ncut)
+
+
 @torch.no_grad()
 def run_over_images(model, dataset_dicts, mapper, fn, *, batch_size=4, num_workers=0, what="priors"):
     """Run ``fn(model, batch) -> [(boxes, scores)] per image`` over every image of ``dataset_dicts``, the
@@ -174,10 +184,7 @@ def generate_ncut_priors(model, dataset_dicts, mapper, feature_fn, *, batch_size
     """
     def ncut(m, batch):
         feats, valid, _ = feature_fn(m, batch)
-        if center:
-            feats = center_features(feats, valid)
-        sizes = [(x["height"], x["width"]) for x in batch]
-        return priors_from_features(feats, sizes, valid_mask=valid, tau=tau, eps=eps, num_rounds=num_rounds,
+        return ncut_priors_of_batch(feats, valid, batch, center=center, tau=tau, eps=eps, num_rounds=num_rounds,
                                     topk=topk, nms_threshold=nms_threshold, solver=solver, tau_quantile=tau_quantile)
 
     return run_over_images(model, dataset_dicts, mapper, ncut, batch_size=batch_size, num_workers=num_workers,

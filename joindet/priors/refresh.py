@@ -17,6 +17,9 @@ backbone) are version-0 sources, not refreshes.
 - ``rescore``: the precedent boxes themselves, each scored by the model (``JOINDET.REFRESH.RESCORE_QUALITY``,
   :mod:`joindet.priors.rescore`: max over queries of objectness x IoU(query box, prior), or the objectness
   of the query that overlaps the prior most). Recall stays that of the precedent set; the ranking is the model's.
+- ``rescore_ncut``: ``rescore`` over the precedent boxes and the encoder's NCut regions (``ncut_encoder``'s boxes,
+  same forward pass): the regions join the pool the model ranks, so recall can rise where the precedent boxes
+  miss objects, and a region supervises only where the model ranks it among the best.
 - ``rescore_online``: the same score, taken from the training steps since the last refresh (each prior's
   latest augmented view, :mod:`joindet.priors.online`) instead of a forward pass of its own:
   the refresh costs no inference. A prior no view kept keeps its precedent score; an image no view showed
@@ -34,7 +37,7 @@ from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 
 from . import defaults as D
-from .generation import center_features, generate_ncut_priors, run_over_images
+from .generation import center_features, generate_ncut_priors, ncut_priors_of_batch, run_over_images
 from .ncut import RelativeTau, _check_graph_args, _check_prior_args, eigen_attention_map
 from .online import OnlineObjectness
 from .rescore import DEFAULT_RESCORE_QUALITY, rescore_quality
@@ -213,20 +216,54 @@ class RescoreGenerator:
         return {"mapper": mapper, "batch_size": cfg.JOINDET.REFRESH.BATCH_SIZE,
                 "quality": cfg.JOINDET.REFRESH.RESCORE_QUALITY}
 
+    def _predict(self, model, batch):
+        """Per image of ``batch``: the model's predictions (boxes, objectness) and the boxes the pool adds to the
+        precedent priors (None: none)."""
+        return [(p, None) for p in model.objectness_predictions(batch)]
+
     def __call__(self, model, dataset_dicts, previous=None) -> Priors:
         if previous is None:
-            raise ValueError("the rescore refresh generator needs the precedent priors")
+            raise ValueError(f"the {refresh_generator_name(self)} refresh generator needs the precedent priors")
 
         def rescore(m, batch):
             out = []
-            for (boxes, objectness), x in zip(m.objectness_predictions(batch), batch):
-                prior_boxes = torch.as_tensor(previous.get(x["image_id"])[0], dtype=boxes.dtype,
-                                              device=boxes.device).reshape(-1, 4)
-                out.append((prior_boxes.cpu(), rescore_quality(prior_boxes, boxes, objectness, self.quality).cpu()))
+            for ((boxes, objectness), added), x in zip(self._predict(m, batch), batch):
+                pool = torch.as_tensor(previous.get(x["image_id"])[0], dtype=boxes.dtype,
+                                       device=boxes.device).reshape(-1, 4)
+                if added is not None:
+                    added = torch.as_tensor(added, dtype=boxes.dtype, device=boxes.device).reshape(-1, 4)
+                    pool = torch.cat([pool, added])
+                out.append((pool.cpu(), rescore_quality(pool, boxes, objectness, self.quality).cpu()))
             return out
 
         return run_over_images(model, dataset_dicts, self.mapper, rescore, batch_size=self.batch_size,
                                what="re-scored priors")
+
+
+@_register("rescore_ncut")
+class RescoreNCutGenerator(RescoreGenerator):
+    """``rescore`` over a pool the encoder widens: the precedent priors and the NCut regions of the encoder output
+    (``ncut_encoder``'s boxes, from the same forward pass), every box scored by the model (``quality``). The Box
+    Smooth Module then merges a region into the precedent prior it overlaps or adds it as a new prior; with more
+    priors kept (``JOINDET.PRIORS.TOPK``) than supervise (``JOINDET.PRIORS.TRAIN_TOPK``), a region supervises only
+    where the model ranks it among the best. ``feature_level`` and ``ncut``: as :class:`NCutEncoderGenerator`'s."""
+
+    @configurable
+    def __init__(self, *, mapper, batch_size=D.REFRESH_BATCH_SIZE, quality=DEFAULT_RESCORE_QUALITY,
+                 feature_level=D.NCUT_FEATURE_LEVEL, **ncut):
+        super().__init__(mapper=mapper, batch_size=batch_size, quality=quality)
+        _check_ncut_args(ncut)
+        self.feature_level, self.ncut = feature_level, ncut
+
+    @classmethod
+    def from_config(cls, cfg, mapper=None):
+        return {**RescoreGenerator.from_config(cfg, mapper), "feature_level": cfg.JOINDET.NCUT.FEATURE_LEVEL,
+                **_ncut_args(cfg)}
+
+    def _predict(self, model, batch):
+        preds, feats, valid, _ = model.objectness_predictions(batch, level=self.feature_level)
+        regions = ncut_priors_of_batch(feats, valid, batch, **self.ncut)
+        return [(p, boxes) for p, (boxes, _) in zip(preds, regions)]
 
 
 @_register("rescore_online")
