@@ -23,7 +23,8 @@ from test_pretraining import DATASET, PRETRAIN_CONFIG, TINY_PRETRAIN_OPTS, _pret
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-GENERATORS = ["ncut_encoder", "detector", "detector_ncut", "rescore", "rescore_ncut"]  # those with a forward pass of their own
+# those with a forward pass of their own
+GENERATORS = ["ncut_encoder", "detector", "detector_ncut", "rescore", "rescore_ncut"]
 ONLINE_GENERATORS = ["rescore_online"]  # those that read the training steps (tests/test_online_rescore.py)
 # the tiny pretraining of test_pretraining as train_net-style overrides, for the tools
 TINY_PRETRAIN_OPTS_FOR_TOOL = [*TINY_DATA_OPTS, *TINY_MODEL_OPTS, *TINY_PRETRAIN_OPTS]

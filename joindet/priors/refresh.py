@@ -257,7 +257,7 @@ class RescoreNCutGenerator(RescoreGenerator):
 
     @classmethod
     def from_config(cls, cfg, mapper=None):
-        return {**RescoreGenerator.from_config(cfg, mapper), "feature_level": cfg.JOINDET.NCUT.FEATURE_LEVEL,
+        return {**super().from_config(cfg, mapper), "feature_level": cfg.JOINDET.NCUT.FEATURE_LEVEL,
                 **_ncut_args(cfg)}
 
     def _predict(self, model, batch):
