@@ -12,6 +12,7 @@ import threading
 import cv2
 import numpy as np
 import pytest
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.structures import BoxMode
@@ -23,6 +24,7 @@ from joindet.engine.launcher import write_results
 from joindet.priors.bank import PriorBank
 from joindet.tools import ablation, prior_evolution
 from joindet.tools.prior_evolution import LABEL_WIDTH, TITLE_HEIGHT, draw_prior_grid
+from joindet.utils.machine import cpu_fields, machine_info
 
 from conftest import REPO_ROOT, TINY_DATA_OPTS, TINY_IMAGE_SIZE, TINY_MODEL_OPTS
 
@@ -237,6 +239,11 @@ def test_ablation_orchestration_table_and_resume(tmp_path, capsys):
     result = json.loads((out / "value_0.7" / "seed_1" / "result.json").read_text())
     assert result["bbox"]["AP"] == pytest.approx(8.0) and result["bbox"]["APs"] is None  # NaN -> null
     assert result["param"] == "JOINDET.SMOOTH.MOMENTUM" and result["value_text"] == "0.7"
+    # the machine of each stage: the pretraining's as pretrain_done.json recorded it, the fine-tuning's
+    this_machine = machine_info()
+    assert result["machine"] == {"pretrain": this_machine, "finetune": this_machine}
+    done = json.loads((out / "value_0.7" / "seed_1" / "pretrain_done.json").read_text())
+    assert done["machine"] == this_machine
 
     # a second invocation launches nothing and writes the same table
     rerun = FakeRunner()
@@ -773,3 +780,18 @@ def test_refresh_cost_reads_the_log_the_config_and_the_bank(tmp_path):
     log.write_text("no speed line: the run did not finish\n")
     assert ablation.refresh_cost(pretrain) is None
     assert ablation.refresh_cost(tmp_path / "missing") is None
+
+
+def test_machine_info_reads_the_cpu_model(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 167\n"
+                       "model name\t: Example CPU @ 2.00GHz\nstepping\t: 1\nflags\t\t: fpu avx2\n\n"
+                       "processor\t: 1\nmodel name\t: Other CPU\n")
+    fields = cpu_fields(str(cpuinfo))
+    assert fields["model name"] == "Example CPU @ 2.00GHz" and fields["flags"] == "fpu avx2"  # the first processor
+    info = machine_info(str(cpuinfo))
+    assert info["cpu"] == "Example CPU @ 2.00GHz"
+    assert info["cpu_id"] == "GenuineIntel cpu family 6 model 167 stepping 1"
+    assert info["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert info["torch"] == torch.__version__ and json.loads(json.dumps(info)) == info
+    assert cpu_fields(str(tmp_path / "missing")) == {}

@@ -36,13 +36,15 @@ Each row x seed is one run, in ``<out>/value_<value>/seed_<seed>/`` or ``<out>/m
 
 1. ``train_net.py --config-file <pretrain-config> <pretrain-opts> [<param> <value>] SEED <seed>
    OUTPUT_DIR <run>/pretrain``, output in ``<run>/pretrain.log``; ``<run>/pretrain_done.json``
-   marks it finished. A method without pretraining skips this step;
+   marks it finished (with its command, time and machine). A method without pretraining skips this step;
 2. ``train_net.py --config-file <finetune-config> <finetune-opts> MODEL.WEIGHTS
    <run>/pretrain/model_final.pth SEED <seed> OUTPUT_DIR <run>/finetune``, output in
    ``<run>/finetune.log``. A method without pretraining passes no MODEL.WEIGHTS: it fine-tunes from its
    fine-tuning config's own MODEL.WEIGHTS (which its ``finetune_opts`` may set);
 3. ``<run>/result.json`` (written atomically): the bbox AP of the fine-tuned model on every test
-   dataset, the commands and timings.
+   dataset, the commands and timings, and the machine of each stage (``"machine": {"pretrain",
+   "finetune"}``, from ``joindet.utils.machine.machine_info``: the CPU model and torch's CPU capability,
+   since runs are not bit-exact across CPUs).
 
 A re-run skips every run whose ``result.json`` exists, and the pretraining of a run whose
 ``pretrain_done.json`` and checkpoint exist (the tool is resumable after an interruption); a stage
@@ -99,6 +101,7 @@ import numpy as np
 import yaml
 
 from joindet.utils.atomic import write_json_atomic
+from joindet.utils.machine import machine_info
 from joindet.utils.process import pid_alive
 
 __all__ = [
@@ -615,7 +618,7 @@ def _run_one(row: _Row, seed: int, run: Path, prefix: str, launch: Sequence[str]
         if not weights.is_file():
             raise TrainingFailed(f"pretraining of {prefix} ended without writing {weights} (stopped by SIGTERM? "
                                  f"run the tool again: it continues from the last checkpoint)")
-        _write_json_atomic(run / "pretrain_done.json", {"argv": pretrain_argv, **timings})
+        _write_json_atomic(run / "pretrain_done.json", {"argv": pretrain_argv, **timings, "machine": machine_info()})
     log(f"{prefix}: fine-tuning (log: {run / 'finetune.log'})")
     start = time.perf_counter()
     runner(_continue_or_restart(finetune_argv, run / "finetune", log, prefix), run / "finetune.log", env)
@@ -625,9 +628,12 @@ def _run_one(row: _Row, seed: int, run: Path, prefix: str, launch: Sequence[str]
     except TrainingFailed as e:
         raise TrainingFailed(f"fine-tuning of {prefix} (log: {run / 'finetune.log'}): {e}") from None
     dataset = row.test_datasets[0]
+    machine = {"finetune": machine_info()}
+    if pretrain_argv is not None:  # the pretraining's machine, as it recorded it (None: written before it did)
+        machine["pretrain"] = json.loads((run / "pretrain_done.json").read_text(encoding="utf-8")).get("machine")
     result = {
         **row.record, "seed": seed, "dataset": dataset, "bbox": bbox[dataset], "bbox_per_dataset": bbox,
-        "pretrain_argv": pretrain_argv, "finetune_argv": finetune_argv, "timings": timings,
+        "pretrain_argv": pretrain_argv, "finetune_argv": finetune_argv, "timings": timings, "machine": machine,
     }
     result = _with_refresh_cost(run, _with_prior_quality(run, result))
     _write_json_atomic(result_file, result)
