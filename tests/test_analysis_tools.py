@@ -795,3 +795,18 @@ def test_machine_info_reads_the_cpu_model(tmp_path):
     assert info["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert info["torch"] == torch.__version__ and json.loads(json.dumps(info)) == info
     assert cpu_fields(str(tmp_path / "missing")) == {}
+
+
+def test_compare_targets_tool_scores_the_supervising_boxes_against_a_labelled_dataset(tiny_bank, capsys):
+    from joindet.tools import compare_targets as targets_tool
+    bank, dicts = tiny_bank
+    rows = dict(targets_tool.main(["--bank", str(bank.root), "--versions", "1", "--train-topk", "0",
+                                   "--reference-topk", "0", "--dataset", "synth_train", *SYNTH_ARGS]))
+    num_objects = sum(len(_gt_xyxy(d)) for d in dicts)
+    # v1 holds every object's box and one distractor per image
+    assert rows["v1"]["objects_hit"] == 100.0
+    assert rows["v1"]["on_object"] == pytest.approx(100 * num_objects / (num_objects + 2))
+    with pytest.raises(SystemExit):  # the unlabelled view: the error names the labelled one
+        targets_tool.main(["--bank", str(bank.root), "--train-topk", "0", "--reference-topk", "0",
+                           "--dataset", "synth_train_unlabeled", *SYNTH_ARGS])
+    assert "use its labelled counterpart 'synth_train'" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 
 from ..priors import defaults as D
+from ..priors.bank import supervising_index
 from .image_io import SkippedImages, UnusableImage, read_image
 from .mapper import describe_datasets
 
@@ -114,9 +115,8 @@ class JoinDetDatasetMapper:
         boxes, scores = priors.get(d["image_id"])
         num_priors = len(scores)
         best_score = float(np.max(scores)) if num_priors else 0.0
-        index = np.arange(num_priors)  # each prior's position in the image's bank entry
-        if 0 < self.train_topk < num_priors:  # only the best-scored priors supervise
-            index = np.argsort(-np.asarray(scores), kind="stable")[: self.train_topk]
+        index = supervising_index(scores, self.train_topk)  # each supervising prior's position in the bank entry
+        if index.shape[0] < num_priors:  # only the best-scored priors supervise
             boxes, scores = np.asarray(boxes)[index], np.asarray(scores)[index]
         aug_input = T.AugInput(image, boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
         self.augmentations(aug_input)

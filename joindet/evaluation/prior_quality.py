@@ -22,7 +22,7 @@ from torchvision.ops import box_iou
 
 from ..priors.bank import PriorVersion, check_priors
 
-__all__ = ["evaluate_priors", "format_prior_quality_table"]
+__all__ = ["evaluate_priors", "format_prior_quality_table", "gt_boxes_xywh"]
 
 PriorsLike = Union[PriorVersion, Mapping[int, Tuple[np.ndarray, np.ndarray]]]
 
@@ -53,7 +53,7 @@ def _check_max_dets(max_dets) -> List[int]:
     return sorted({int(v) for v in values})
 
 
-def _gt_boxes_xywh(record: dict) -> np.ndarray:
+def gt_boxes_xywh(record: dict) -> np.ndarray:
     """The non-crowd boxes of one Detectron2 dataset dict, float64 (g, 4) XYWH absolute."""
     boxes = []
     for ann in record.get("annotations", ()):
@@ -169,7 +169,7 @@ def evaluate_priors(
             image.update(height=record["height"], width=record["width"])
         images.append(image)
 
-        gt = _gt_boxes_xywh(record)
+        gt = gt_boxes_xywh(record)
         for box in gt:
             gt_anns.append({
                 "id": len(gt_anns) + 1,

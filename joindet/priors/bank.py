@@ -36,7 +36,7 @@ import numpy as np
 from ..utils.atomic import fsync_dir
 from ..utils.process import pid_alive
 
-__all__ = ["PriorBank", "PriorVersion", "FILTER_REASONS", "check_priors", "usable_priors"]
+__all__ = ["PriorBank", "PriorVersion", "FILTER_REASONS", "check_priors", "supervising_index", "usable_priors"]
 
 logger = logging.getLogger("joindet")
 
@@ -59,6 +59,18 @@ def _check_version(version) -> int:
     if version < 0:
         raise ValueError(f"version must be >= 0, got {version}")
     return int(version)
+
+
+def supervising_index(scores, train_topk: int) -> np.ndarray:
+    """
+    Which of an image's priors supervise the detector (``JOINDET.PRIORS.TRAIN_TOPK``): with ``train_topk`` > 0
+    and more priors than that, the positions of its ``train_topk`` highest-scored ones (ties: the earlier
+    first); otherwise all of them, in bank order. int64 positions into the image's bank entry.
+    """
+    scores = np.asarray(scores)
+    if 0 < int(train_topk) < scores.shape[0]:
+        return np.argsort(-scores, kind="stable")[: int(train_topk)].astype(np.int64)
+    return np.arange(scores.shape[0], dtype=np.int64)
 
 
 class PriorVersion:

@@ -1,11 +1,16 @@
 """Command-line pieces shared by the bank tools (eval_priors, prior_evolution)."""
 from typing import List, Sequence
 
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from ..data.clutter import register_clutter
+from ..data.datasets import check_dataset_names
 from ..data.generated import GENERATED_SET_DEFAULTS
 from ..data.synthetic import register_synthetic
 from ..priors.bank import PriorBank
 
-__all__ = ["add_synthetic_args", "register_synthetic_from_args", "parse_versions"]
+__all__ = ["add_synthetic_args", "labelled_dicts", "parse_versions", "register_builtin_from_args",
+           "register_synthetic_from_args"]
 
 
 def add_synthetic_args(parser):
@@ -22,6 +27,25 @@ def add_synthetic_args(parser):
 def register_synthetic_from_args(args):
     register_synthetic(name_prefix="synth", root=args.synthetic_root or None, num_train=args.synthetic_num_train,
                        num_val=args.synthetic_num_val, image_size=args.synthetic_image_size, seed=args.synthetic_seed)
+
+
+def register_builtin_from_args(args):
+    """The synthetic sets with the ``--synthetic-*`` sizes, and the clutter domain's at their defaults (kept
+    when this process registered them already)."""
+    register_synthetic_from_args(args)
+    if "clutter_train" not in DatasetCatalog.list():
+        register_clutter()
+
+
+def labelled_dicts(name: str) -> List[dict]:
+    """The dicts of a registered dataset that has boxes; an unlabelled view's error names its labelled one."""
+    check_dataset_names([name], "--dataset")
+    dicts = DatasetCatalog.get(name)
+    if not any("annotations" in d for d in dicts):
+        labelled = MetadataCatalog.get(name).get("labeled_dataset")
+        hint = f"; use its labelled counterpart '{labelled}'" if labelled else ""
+        raise ValueError(f"dataset '{name}' has no annotations, so priors cannot be scored against it{hint}")
+    return dicts
 
 
 def parse_versions(values: Sequence[str], bank: PriorBank) -> List[int]:

@@ -23,14 +23,11 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from joindet.data.clutter import register_clutter
-from joindet.data.datasets import check_dataset_names
 from joindet.evaluation.prior_quality import evaluate_priors, format_prior_quality_table
 from joindet.priors.bank import PriorBank
 from joindet.priors.box_smooth import soft_nms_scores
-from joindet.tools.cli_common import add_synthetic_args, parse_versions, register_synthetic_from_args
+from joindet.tools.cli_common import add_synthetic_args, labelled_dicts, parse_versions, register_builtin_from_args
 
 __all__ = ["build_parser", "evaluate_bank", "main"]
 
@@ -58,16 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _labelled_dicts(name: str) -> List[dict]:
-    check_dataset_names([name], "--dataset")
-    dicts = DatasetCatalog.get(name)
-    if not any("annotations" in d for d in dicts):
-        labelled = MetadataCatalog.get(name).get("labeled_dataset")
-        hint = f"; use its labelled counterpart '{labelled}'" if labelled else ""
-        raise ValueError(f"dataset '{name}' has no annotations, so priors cannot be scored against it{hint}")
-    return dicts
-
-
 def soft_nms_version(version, sigma: float) -> dict:
     """A bank version as {image_id: (boxes, scores)} with each image's scores through Gaussian Soft-NMS
     (``box_smooth.soft_nms_scores``, all images at once); the boxes are the version's."""
@@ -91,7 +78,7 @@ def evaluate_bank(
         raise ValueError(f"--soft-nms-sigma must be >= 0, got {soft_nms_sigma}")
     bank = PriorBank(bank_dir)
     chosen = parse_versions(versions, bank)
-    dicts = _labelled_dicts(dataset)
+    dicts = labelled_dicts(dataset)
     rows = []
     for v in chosen:
         version = bank.read(v)
@@ -106,9 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Tuple[str, dict]]:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        register_synthetic_from_args(args)
-        if "clutter_train" not in DatasetCatalog.list():  # the clutter domain at its defaults (kept if registered)
-            register_clutter()
+        register_builtin_from_args(args)
         rows = evaluate_bank(args.bank, args.versions, args.dataset, args.max_dets, args.soft_nms_sigma)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
