@@ -1,4 +1,4 @@
-"""Command-line pieces shared by the bank tools (eval_priors, prior_evolution)."""
+"""Command-line pieces shared by the bank tools (eval_priors, compare_targets, prior_evolution)."""
 from typing import List, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
