@@ -94,7 +94,7 @@ def test_tool_reads_train_topk_beside_the_bank_and_writes_json(run_bank, tmp_pat
 
 @pytest.mark.parametrize("extra, message", [
     (["--versions", "5"], r"version\(s\) \[5\] not in prior bank"),
-    (["--reference-version", "7"], "version 7 not in prior bank"),
+    (["--reference-version", "7"], r"version\(s\) \[7\] not in prior bank"),
     (["--train-topk", "-1"], "--train-topk must be >= 0"),
 ])
 def test_tool_rejects_bad_arguments(run_bank, capsys, extra, message):

@@ -10,7 +10,7 @@ detector learns is a question about those boxes, not about the ranking of the wh
 many lie on an object and how many objects one of them hits. Every figure pools all images (a fraction of all
 boxes, or of all objects), so an image with more boxes weighs more.
 """
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,11 +33,13 @@ def supervising_boxes(version: PriorVersion, image_id: int, train_topk: int) -> 
     return boxes[supervising_index(scores, train_topk)]
 
 
-def _best(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """For each box of ``a``, its best IoU with a box of ``b`` (0 where ``b`` is empty)."""
+def _best_ious(a: np.ndarray, b: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Each box of ``a``'s best IoU with a box of ``b``, and each box of ``b``'s with a box of ``a`` (0 where the
+    other set is empty), from one IoU matrix."""
     if a.shape[0] == 0 or b.shape[0] == 0:
-        return np.zeros(a.shape[0])
-    return box_iou(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)).amax(1).numpy()
+        return np.zeros(a.shape[0]), np.zeros(b.shape[0])
+    iou = box_iou(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))
+    return iou.amax(1).numpy(), iou.amax(0).numpy()
 
 
 def compare_targets(version: PriorVersion, train_topk: int, reference: PriorVersion, reference_topk: int,
@@ -72,13 +74,15 @@ def compare_targets(version: PriorVersion, train_topk: int, reference: PriorVers
         ref = supervising_boxes(reference, i, reference_topk)
         n["sup"] += sup.shape[0]
         n["ref"] += ref.shape[0]
-        n["kept"] += int((_best(ref, sup) >= KEPT_IOU).sum())
-        n["new"] += int((_best(sup, ref) < NEW_IOU).sum())
+        sup_to_ref, ref_to_sup = _best_ious(sup, ref)
+        n["kept"] += int((ref_to_sup >= KEPT_IOU).sum())
+        n["new"] += int((sup_to_ref < NEW_IOU).sum())
         if objects is not None:
             gt = objects[i]
+            sup_to_gt, gt_to_sup = _best_ious(sup, gt)
             n["obj"] += gt.shape[0]
-            n["on"] += int((_best(sup, gt) >= OBJECT_IOU).sum())
-            n["hit"] += int((_best(gt, sup) >= OBJECT_IOU).sum())
+            n["on"] += int((sup_to_gt >= OBJECT_IOU).sum())
+            n["hit"] += int((gt_to_sup >= OBJECT_IOU).sum())
 
     def pct(num, den):
         return 100.0 * n[num] / n[den] if n[den] else None

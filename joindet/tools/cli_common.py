@@ -49,14 +49,14 @@ def labelled_dicts(name: str) -> List[dict]:
 
 
 def parse_versions(values: Sequence[str], bank: PriorBank) -> List[int]:
-    """``--versions`` (integers, or ``all``) checked against the bank's complete versions."""
+    """``--versions`` (integers, -1 = the latest, or ``all``) checked against the bank's complete versions."""
     present = bank.versions()
     if not present:
         raise ValueError(f"prior bank {bank.root} holds no complete version")
     if [v.lower() for v in values] == ["all"]:
         return present
     try:
-        versions = [int(v) for v in values]
+        versions = [present[-1] if int(v) == -1 else int(v) for v in values]
     except ValueError:
         raise ValueError(f"--versions takes integers or 'all', got {list(values)}") from None
     absent = [v for v in versions if v not in present]

@@ -70,23 +70,6 @@ def run_train_topk(bank_dir: str) -> int:
                          "--reference-topk") from None
 
 
-def _version(bank: PriorBank, version: int) -> int:
-    present = bank.versions()
-    if not present:
-        raise ValueError(f"prior bank {bank.root} holds no complete version")
-    if version == -1:
-        return present[-1]
-    if version not in present:
-        raise ValueError(f"version {version} not in prior bank {bank.root} (present: {present})")
-    return version
-
-
-def _versions(values: Sequence[str], bank: PriorBank) -> List[int]:
-    if [v.strip() for v in values] == ["-1"]:
-        return [_version(bank, -1)]
-    return parse_versions(values, bank)
-
-
 def format_targets_table(rows: Sequence[Tuple[str, dict]]) -> str:
     """A Markdown table, one row per (label, compare_targets result)."""
     lines = ["| version | " + " | ".join(title for _, title in COLUMNS) + " |",
@@ -107,10 +90,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Tuple[str, dict]]:
         bank = PriorBank(args.bank)
         reference_dir = args.reference_bank or args.bank
         reference_bank = PriorBank(reference_dir)
-        versions = _versions(args.versions, bank)
+        versions = parse_versions(args.versions, bank)
         train_topk = run_train_topk(args.bank) if args.train_topk is None else args.train_topk
         reference_topk = run_train_topk(reference_dir) if args.reference_topk is None else args.reference_topk
-        reference_version = _version(reference_bank, args.reference_version)
+        reference_version = parse_versions([str(args.reference_version)], reference_bank)[0]
         labelled = None
         if args.dataset:
             register_builtin_from_args(args)

@@ -30,8 +30,8 @@ def cpu_fields(cpuinfo: str = "/proc/cpuinfo") -> Dict[str, str]:
                 key, sep, value = line.partition(":")
                 if sep:
                     fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
+    except OSError:  # no /proc/cpuinfo (not Linux), or unreadable
+        return {}
     return fields
 
 
